@@ -1,0 +1,32 @@
+"""keras-localconn: locally connected layers for Keras 3, on every backend.
+
+>>> import keras_localconn
+>>> sorted(keras_localconn.__all__)
+['LocallyConnected1D', 'LocallyConnected2D', 'LocallyConnected3D', 'legacy', 'ops']
+"""
+
+from keras_localconn import ops
+from keras_localconn.layers import (
+    LocallyConnected1D,
+    LocallyConnected2D,
+    LocallyConnected3D,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LocallyConnected1D",
+    "LocallyConnected2D",
+    "LocallyConnected3D",
+    "legacy",
+    "ops",
+]
+
+
+def __getattr__(name):
+    # `legacy` (Keras 2 file import) needs h5py; load it on first use only.
+    if name == "legacy":
+        import importlib
+
+        return importlib.import_module("keras_localconn.legacy")
+    raise AttributeError(f"module 'keras_localconn' has no attribute {name!r}")

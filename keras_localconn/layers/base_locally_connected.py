@@ -1,0 +1,215 @@
+"""Rank-generic base class of the locally connected layers."""
+
+import copy
+import math
+
+from keras import activations, constraints, initializers, ops, regularizers
+from keras.layers import InputSpec, Layer
+
+from keras_localconn import ops as lc_ops
+
+IMPLEMENTATIONS = (1, 2, 3)
+
+
+class BaseLocallyConnected(Layer):
+    """N-D locally connected layer: a convolution with unshared weights.
+
+    Every output position has its own `(K, filters)` kernel. Public layers
+    (`LocallyConnected1D`, `2D`, `3D`) are thin subclasses that fix `rank`.
+
+    The positional order of the arguments is Keras 2's (`activation` follows
+    `data_format`); `dilation_rate`, new here, is best passed by keyword.
+
+    Args: see `LocallyConnected2D`.
+    """
+
+    def __init__(
+        self,
+        rank,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        implementation=1,
+        dilation_rate=1,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        owner = self._owner
+        self.rank = rank
+        if not isinstance(filters, int) or isinstance(filters, bool) or filters <= 0:
+            raise ValueError(
+                f"{owner}: `filters` must be a positive integer. "
+                f"Received: filters={filters!r}"
+            )
+        self.filters = filters
+        self.kernel_size = lc_ops.normalize_tuple(
+            kernel_size, rank, "kernel_size", owner
+        )
+        self.strides = lc_ops.normalize_tuple(strides, rank, "strides", owner)
+        self.dilation_rate = lc_ops.normalize_tuple(
+            dilation_rate, rank, "dilation_rate", owner
+        )
+        lc_ops.check_strides_and_dilation(self.strides, self.dilation_rate, owner)
+        self.padding = lc_ops.normalize_padding(padding, rank, owner)
+        self.data_format = lc_ops.normalize_data_format(data_format, owner)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"{owner}: `implementation` must be one of {IMPLEMENTATIONS}. "
+                f"Received: implementation={implementation!r}"
+            )
+        self.implementation = implementation
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
+        self.input_spec = InputSpec(ndim=rank + 2)
+
+    @property
+    def _owner(self):
+        return f"{type(self).__name__} '{self.name}'"
+
+    @property
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
+
+    def _spatial_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != self.rank + 2:
+            raise ValueError(
+                f"{self._owner}: expected inputs of rank {self.rank + 2} "
+                f"(batch, {self.rank} spatial dimension(s), channels). "
+                f"Received input_shape={input_shape}"
+            )
+        if self.data_format == "channels_last":
+            spatial, channels = input_shape[1:-1], input_shape[-1]
+        else:
+            spatial, channels = input_shape[2:], input_shape[1]
+        if any(n is None for n in spatial) or channels is None:
+            raise ValueError(
+                f"{self._owner}: the spatial dimensions and the channel "
+                f"dimension must be known when the layer is built (weights "
+                f"differ per output position). Received input_shape="
+                f"{input_shape} with data_format='{self.data_format}'"
+            )
+        return spatial, channels
+
+    def output_spatial_shape(self, input_shape):
+        """The output spatial shape for `input_shape` (batch included)."""
+        spatial, _ = self._spatial_shape(input_shape)
+        return lc_ops.local_conv_output_shape(
+            spatial,
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation_rate,
+            owner=self._owner,
+        )
+
+    def compute_output_shape(self, input_shape):
+        out = self.output_spatial_shape(input_shape)
+        batch = tuple(input_shape)[0]
+        if self.data_format == "channels_last":
+            return (batch, *out, self.filters)
+        return (batch, self.filters, *out)
+
+    def build(self, input_shape):
+        _, channels = self._spatial_shape(input_shape)
+        out = self.output_spatial_shape(input_shape)
+        self.input_spec = InputSpec(
+            ndim=self.rank + 2, axes={self._channel_axis: channels}
+        )
+        kernel_shape = lc_ops.local_conv_kernel_shape(
+            out, self.kernel_size, channels, self.filters
+        )
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=kernel_shape,
+            initializer=self._per_position_initializer(kernel_shape[0]),
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+            trainable=True,
+            dtype=self.dtype,
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(*out, self.filters),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+                trainable=True,
+                dtype=self.dtype,
+            )
+        else:
+            self.bias = None
+
+    def _per_position_initializer(self, num_positions):
+        # Variance-scaling initializers (glorot, he, lecun) compute fans from
+        # the whole (P, K, filters) shape, i.e. P times too large for what each
+        # position sees. Scale them back so each position starts like a
+        # convolution kernel would (fan_in = K, fan_out = filters).
+        initializer = self.kernel_initializer
+        if isinstance(initializer, initializers.VarianceScaling):
+            initializer = copy.copy(initializer)
+            initializer.scale = initializer.scale * num_positions
+        return initializer
+
+    def call(self, inputs):
+        bias = None
+        if self.use_bias:
+            bias = ops.reshape(self.bias, (math.prod(self.bias.shape[:-1]), -1))
+        outputs = lc_ops._local_conv(
+            inputs,
+            self.kernel,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+            bias=bias,
+            owner=self._owner,
+        )
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "dilation_rate": self.dilation_rate,
+                "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "activity_regularizer": regularizers.serialize(
+                    self.activity_regularizer
+                ),
+                "kernel_constraint": constraints.serialize(self.kernel_constraint),
+                "bias_constraint": constraints.serialize(self.bias_constraint),
+                "implementation": self.implementation,
+            }
+        )
+        return config

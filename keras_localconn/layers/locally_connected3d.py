@@ -1,0 +1,124 @@
+"""`LocallyConnected3D`: locally connected layer for 3D inputs (volumes, video)."""
+
+from keras.saving import register_keras_serializable
+
+from keras_localconn.layers.base_locally_connected import BaseLocallyConnected
+
+
+@register_keras_serializable(package="keras_localconn")
+class LocallyConnected3D(BaseLocallyConnected):
+    """Locally connected layer for 3D inputs (volumes, video).
+
+    Works like `keras.layers.Conv3D`, except that the weights are not
+    shared: a different set of filters is applied at each output position.
+    Keras 2 had no such layer; it follows the same weight conventions as the
+    1D and 2D layers.
+
+    Args:
+        filters: int, the number of output filters at each position.
+        kernel_size: int or tuple of 3 ints, the size of the receptive field.
+        strides: int or tuple of 3 ints, the stride of the window. Strides
+            > 1 cannot be combined with `dilation_rate` > 1 on one axis.
+        padding: `"valid"` or `"same"`, case-insensitive. Output sizes and
+            the split of `"same"` padding equal those of `keras.layers.Conv3D`.
+        data_format: `"channels_last"` (inputs `(batch, dim1, dim2, dim3, channels)`)
+            or `"channels_first"` (inputs `(batch, channels, dim1, dim2, dim3)`).
+            None means `keras.config.image_data_format()`.
+        activation: Activation function; None means linear.
+        use_bias: bool, whether the layer adds a bias (one per output
+            position and filter).
+        kernel_initializer: Initializer of the kernel. Variance-scaling
+            initializers (the default `"glorot_uniform"`, `"he_normal"`, ...)
+            count fans per output position (`fan_in = K`, `fan_out = filters`),
+            as for a convolution kernel; Keras 2 counted them over the whole
+            `(P, K, filters)` array, giving weights `sqrt(P)` times smaller.
+        bias_initializer: Initializer of the bias.
+        kernel_regularizer: Regularizer applied to the kernel.
+        bias_regularizer: Regularizer applied to the bias.
+        activity_regularizer: Regularizer applied to the output.
+        kernel_constraint: Constraint applied to the kernel after each
+            optimizer update.
+        bias_constraint: Constraint applied to the bias after each update.
+        implementation: 1, 2 or 3. Accepted so that Keras 2 configs
+            deserialize; every value computes the same way here (patch
+            extraction and one batched matmul) and stores the kernel in Keras
+            2's implementation-1 layout. Keras 2 weights saved with
+            implementation 2 or 3 are converted by `keras_localconn.legacy`.
+        dilation_rate: int or tuple of 3 ints, the dilation of the kernel.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`,
+            `trainable`, ...).
+
+    Input shape:
+        `(batch, dim1, dim2, dim3, channels)` with `"channels_last"`, or
+        `(batch, channels, dim1, dim2, dim3)` with `"channels_first"`. Spatial sizes
+        must be known when the layer is built.
+
+    Output shape:
+        `(batch, new_dim1, new_dim2, new_dim3, filters)` with `"channels_last"`, or
+        `(batch, filters, new_dim1, new_dim2, new_dim3)` with `"channels_first"`.
+
+    Weights:
+        kernel: `(P, K, filters)`, where `P = prod(output spatial shape)`
+            (output positions in row-major order) and
+            `K = prod(kernel_size) * channels`, ordered (kernel offsets...,
+            channel) for `"channels_last"` and (channel, kernel offsets...)
+            for `"channels_first"`: Keras 2's implementation-1 layout.
+        bias: `(*output spatial shape, filters)`; `bias[o..., f]` is added at
+            output position `o`, filter `f`, in both data formats.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras
+    >>> from keras_localconn import LocallyConnected3D
+    >>> model = keras.Sequential(
+    ...     [keras.Input((6, 6, 6, 2)), LocallyConnected3D(4, 3, strides=3)]
+    ... )
+    >>> model.output_shape
+    (None, 2, 2, 2, 4)
+    >>> model.count_params()  # 8 * (27 * 2 * 4) + 8 * 4
+    1760
+    >>> model.predict(np.zeros((1, 6, 6, 6, 2)), verbose=0).shape
+    (1, 2, 2, 2, 4)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        implementation=1,
+        dilation_rate=1,
+        **kwargs,
+    ):
+        super().__init__(
+            rank=3,
+            filters=filters,
+            kernel_size=kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            implementation=implementation,
+            dilation_rate=dilation_rate,
+            **kwargs,
+        )
