@@ -19,7 +19,6 @@ def gradients(fn, *args):
             value = fn(*variables)
         grads = tape.gradient(value, variables)
     elif backend == "torch":
-
         tensors = [
             keras.ops.convert_to_tensor(a).detach().requires_grad_(True) for a in args
         ]

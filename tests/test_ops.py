@@ -165,6 +165,8 @@ def test_shared_kernel_equals_keras_ops_conv(case, data_format):
         dilation_rate=dilation,
         data_format=data_format,
     )
+    # Keras' Conv runs channels_last (TensorFlow has no NCHW conv on CPU):
+    # transpose around it for channels_first.
     conv = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
     layer = conv[len(spatial)](
         filters,
@@ -172,12 +174,15 @@ def test_shared_kernel_equals_keras_ops_conv(case, data_format):
         strides=strides,
         padding=padding,
         dilation_rate=dilation,
-        data_format=data_format,
+        data_format="channels_last",
         use_bias=False,
     )
-    layer.build(x.shape)
+    x_last = x if data_format == "channels_last" else np.moveaxis(x, 1, -1)
+    layer.build(x_last.shape)
     layer.set_weights([conv_kernel])
-    expected = layer(x)
+    expected = to_numpy(layer(x_last))
+    if data_format == "channels_first":
+        expected = np.moveaxis(expected, -1, 1)
     np.testing.assert_allclose(to_numpy(y), to_numpy(expected), rtol=1e-4, atol=1e-4)
 
 
@@ -239,7 +244,8 @@ def test_gradients_equal_directional_derivatives_of_reference(case, data_format)
     )
 
     def loss(inputs, weights):
-        return keras.ops.sum(local_conv(inputs, weights, **args) * cotangent)
+        outputs = local_conv(inputs, weights, **args)
+        return keras.ops.sum(outputs * keras.ops.convert_to_tensor(cotangent))
 
     grad_x, grad_kernel = gradients(loss, x, kernel)
     assert grad_x.shape == x.shape and grad_kernel.shape == kernel.shape
