@@ -46,7 +46,8 @@ def backend_requirements(backend):
         # to a multi-GB CUDA build, which is only wanted where there is a GPU.
         return ["torch"] if cuda else ["torch==2.13.0"]
     if backend == "numpy":
-        return []
+        # Keras' numpy backend imports scipy, and jax for its FFTs.
+        return ["jax[cpu]", "scipy"]
     raise ValueError(f"Unknown backend {backend!r}; expected one of {BACKENDS}.")
 
 
@@ -60,7 +61,8 @@ def install_backend(session, backend, *extra):
 @nox.parametrize("backend", [nox.param(b, id=b) for b in BACKENDS])
 def tests(session, backend):
     """Unit and integration tests under one Keras backend."""
-    extra = ["pytest", "pytest-xdist", "hypothesis", "h5py"]
+    # scipy: every session also loads models under the numpy backend.
+    extra = ["pytest", "pytest-xdist", "h5py", "scipy"]
     if backend == "tensorflow":
         extra.append("tf-keras")
     install_backend(session, backend, *extra)
@@ -103,7 +105,10 @@ def demo(session):
 @nox.session
 def docs(session):
     """Build the documentation site with mkdocs --strict."""
-    install_backend(session, "jax", "mkdocs-material", "mkdocstrings[python]")
+    # ruff formats the long layer signatures on the API pages.
+    install_backend(session, "jax", "mkdocs-material", "mkdocstrings[python]", "ruff")
+    # Material 9 prints an end-of-life banner (May 2027) on every build.
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
     session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
@@ -122,3 +127,13 @@ def fixtures(session):
     install_backend(session, "tensorflow", "tf-keras", "h5py")
     session.env["TF_USE_LEGACY_KERAS"] = "1"
     session.run("python", "integration/make_keras2_fixtures.py", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("backend", [nox.param(b, id=b) for b in TRAINING_BACKENDS])
+def keras3_fixtures(session, backend):
+    """Rewrite integration/keras3_fixtures/model_<backend>.keras and its data."""
+    install_backend(session, backend)
+    session.run(
+        "python", "integration/keras3_models.py", "save", "integration/keras3_fixtures"
+    )

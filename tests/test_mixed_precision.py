@@ -146,7 +146,10 @@ def _train(model, x, y, steps):
 
 @pytest.mark.training
 @pytest.mark.parametrize("policy", MIXED_POLICIES)
-@pytest.mark.parametrize(("layer_class", "input_shape", "kwargs"), LAYER_CASES)
+@pytest.mark.parametrize(
+    ("layer_class", "input_shape", "kwargs"),
+    [case for case in LAYER_CASES if case.id in ("1d", "2d-channels-first", "3d")],
+)
 def test_training_steps_with_mixed_policy_layer_reduce_the_loss(
     layer_class, input_shape, kwargs, policy
 ):
@@ -208,3 +211,15 @@ def test_local_conv_keeps_the_low_precision_dtype_of_its_operands(dtype):
 
     assert keras.backend.standardize_dtype(outputs.dtype) == dtype
     _assert_close_to_float32(outputs, expected, dtype)
+
+
+@pytest.mark.parametrize("operand", ["inputs", "kernel"])
+def test_local_conv_refuses_boolean_operands_with_a_value_error(operand):
+    # Backends would return a logical or-of-ands instead of a convolution.
+    operands = {
+        "inputs": ops.ones((2, 7, 3), dtype="float32"),
+        "kernel": ops.ones((5, 9, 2), dtype="float32"),
+    }
+    operands[operand] = ops.cast(operands[operand], "bool")
+    with pytest.raises(ValueError, match=f"`{operand}` must have a numeric dtype"):
+        local_conv(operands["inputs"], operands["kernel"], 3)
