@@ -66,11 +66,10 @@ def tests(session, backend):
     if backend == "tensorflow":
         extra.append("tf-keras")
     install_backend(session, backend, *extra)
-    args = session.posargs or ["-n", "2", "--dist", "loadfile"]
-    if backend == "jax":
+    session.run("pytest", *(session.posargs or ["-n", "2", "--dist", "loadfile"]))
+    if backend == "jax" and not session.posargs:
         # The docstring examples run as doctests in one session.
-        args = [*args, "--doctest-modules", "keras_localconn", "tests", "integration"]
-    session.run("pytest", *args)
+        session.run("pytest", "--doctest-modules", "keras_localconn", "-q")
 
 
 @nox.session
