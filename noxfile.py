@@ -57,19 +57,31 @@ def install_backend(session, backend, *extra):
     session.env["KERAS_BACKEND"] = backend
 
 
-@nox.session
-@nox.parametrize("backend", [nox.param(b, id=b) for b in BACKENDS])
-def tests(session, backend):
-    """Unit and integration tests under one Keras backend."""
-    # scipy: every session also loads models under the numpy backend.
-    extra = ["pytest", "pytest-xdist", "h5py", "scipy"]
-    if backend == "tensorflow":
-        extra.append("tf-keras")
-    install_backend(session, backend, *extra)
-    session.run("pytest", *(session.posargs or ["-n", "2", "--dist", "loadfile"]))
-    if backend == "jax" and not session.posargs:
-        # The docstring examples run as doctests in one session.
-        session.run("pytest", "--doctest-modules", "keras_localconn", "-q")
+@nox.session(python=False)
+def tests(session):
+    """The whole matrix: tests-tensorflow, tests-jax, tests-torch, tests-numpy."""
+    for backend in BACKENDS:
+        session.notify(f"tests-{backend}", posargs=session.posargs)
+
+
+def _tests_session(backend):
+    def run_tests(session):
+        # scipy: every session also loads models under the numpy backend.
+        extra = ["pytest", "pytest-xdist", "h5py", "scipy"]
+        if backend == "tensorflow":
+            extra.append("tf-keras")  # the Keras 2 oracle
+        install_backend(session, backend, *extra)
+        session.run("pytest", *(session.posargs or ["-n", "2", "--dist", "loadfile"]))
+        if backend == "jax" and not session.posargs:
+            # The docstring examples run as doctests in one session.
+            session.run("pytest", "--doctest-modules", "keras_localconn", "-q")
+
+    run_tests.__doc__ = f"Unit and integration tests under KERAS_BACKEND={backend}."
+    return nox.session(name=f"tests-{backend}")(run_tests)
+
+
+for _backend in BACKENDS:
+    _tests_session(_backend)
 
 
 @nox.session

@@ -17,8 +17,8 @@ class LocallyConnected3D(BaseLocallyConnected):
     Args:
         filters: int, the number of output filters at each position.
         kernel_size: int or tuple of 3 ints, the size of the receptive field.
-        strides: int or tuple of 3 ints, the stride of the window. Strides
-            > 1 cannot be combined with `dilation_rate` > 1 on one axis.
+        strides: int or tuple of 3 ints, the stride of the window. A stride
+            above 1 cannot be combined with a `dilation_rate` above 1 on one axis.
         padding: `"valid"` or `"same"`, case-insensitive. Output sizes and
             the split of `"same"` padding equal those of `keras.layers.Conv3D`.
         data_format: `"channels_last"` (inputs `(batch, dim1, dim2, dim3, channels)`)
@@ -58,13 +58,13 @@ class LocallyConnected3D(BaseLocallyConnected):
         `(batch, filters, new_dim1, new_dim2, new_dim3)` with `"channels_first"`.
 
     Weights:
-        kernel: `(P, K, filters)`, where `P = prod(output spatial shape)`
-            (output positions in row-major order) and
-            `K = prod(kernel_size) * channels`, ordered (kernel offsets...,
-            channel) for `"channels_last"` and (channel, kernel offsets...)
-            for `"channels_first"`: Keras 2's implementation-1 layout.
-        bias: `(*output spatial shape, filters)`; `bias[o..., f]` is added at
-            output position `o`, filter `f`, in both data formats.
+        - kernel: `(P, K, filters)`, where `P = prod(output spatial shape)`
+          (output positions in row-major order) and
+          `K = prod(kernel_size) * channels`, ordered (kernel offsets...,
+          channel) for `"channels_last"` and (channel, kernel offsets...)
+          for `"channels_first"`: Keras 2's implementation-1 layout.
+        - bias: `(*output spatial shape, filters)`; `bias[o..., f]` is added
+          at output position `o`, filter `f`, in both data formats.
 
     Example:
 
