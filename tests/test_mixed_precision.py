@@ -17,11 +17,10 @@ MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
 # Worst |low precision - float32| relative to the largest |float32 output|:
 # float16 keeps 11 significant bits, bfloat16 8; the sums here have <= 54
-# terms. Measured worst cases are about 4x below these bounds.
+# terms. Measured worst cases are 5 to 10 times below these bounds.
 RELATIVE_TOLERANCE = {"float16": 5e-3, "bfloat16": 3e-2}
 
 LAYER_CASES = [
-    pytest.param(LocallyConnected1D, (9, 3), {}, id="1d"),
     pytest.param(LocallyConnected1D, (9, 3), {"padding": "causal"}, id="1d-causal"),
     pytest.param(LocallyConnected2D, (6, 5, 3), {}, id="2d"),
     pytest.param(
@@ -32,6 +31,11 @@ LAYER_CASES = [
     ),
     pytest.param(LocallyConnected3D, (4, 5, 4, 2), {"padding": "same"}, id="3d"),
 ]
+
+
+def _cases(*ids):
+    """The LAYER_CASES with these ids: one per rank is enough for training."""
+    return [case for case in LAYER_CASES if case.id in ids]
 
 
 @pytest.fixture
@@ -126,10 +130,6 @@ def test_global_mixed_policy_applies_to_layers_in_a_model(
     _assert_close_to_float32(predictions, expected, compute_dtype)
 
 
-def test_global_policy_is_restored_after_the_mixed_policy_tests():
-    assert keras.config.dtype_policy().name == "float32"
-
-
 def _regression_data(input_shape):
     x = _inputs(input_shape, seed=1)
     y = np.tanh(x.reshape(len(x), -1).sum(axis=1, keepdims=True) / 4)
@@ -148,7 +148,7 @@ def _train(model, x, y, steps):
 @pytest.mark.parametrize("policy", MIXED_POLICIES)
 @pytest.mark.parametrize(
     ("layer_class", "input_shape", "kwargs"),
-    [case for case in LAYER_CASES if case.id in ("1d", "2d-channels-first", "3d")],
+    _cases("1d-causal", "2d-channels-first", "3d"),
 )
 def test_training_steps_with_mixed_policy_layer_reduce_the_loss(
     layer_class, input_shape, kwargs, policy
@@ -177,7 +177,7 @@ def test_training_steps_with_mixed_policy_layer_reduce_the_loss(
 @pytest.mark.parametrize("global_policy", MIXED_POLICIES, indirect=True)
 @pytest.mark.parametrize(
     ("layer_class", "input_shape", "kwargs"),
-    [case for case in LAYER_CASES if case.id in ("1d", "2d", "3d")],
+    _cases("1d-causal", "2d", "3d"),
 )
 def test_training_steps_under_global_mixed_policy_reduce_the_loss(
     layer_class, input_shape, kwargs, global_policy

@@ -1,0 +1,165 @@
+"""Layouts for `keras.distribution`: shard locally connected kernels by position.
+
+The kernel of a locally connected layer is ``(P, K, filters)``: one
+``(K, filters)`` matrix per output position, ``P`` times the weights of the
+matching convolution. Its leading *positions* axis is the natural one to shard:
+each device then holds the filters of ``P / n`` output positions, and the
+matmul that applies them, batched over positions, splits along that axis with
+no communication inside the contraction.
+
+`positions_layout_map` writes those layouts into a `keras.distribution.LayoutMap`
+for `keras.distribution.ModelParallel`. It uses only `keras` (no backend import);
+at the time of writing Keras implements `ModelParallel` on JAX.
+"""
+
+import re
+
+from keras.distribution import DeviceMesh, LayoutMap
+
+from keras_localconn.layers import BaseLocallyConnected
+
+__all__ = ["DEFAULT_NAME_PATTERN", "positions_layout_map"]
+
+#: Matches the layer part of the variable paths of the automatically named
+#: layers: ``locally_connected2d``, ``functional/locally_connected1d_3``, ...
+DEFAULT_NAME_PATTERN = r"(?:.*/)?locally_connected[123]d(?:_\d+)?"
+
+
+def positions_layout_map(
+    mesh_or_layout_map,
+    model=None,
+    *,
+    axis_name="model",
+    name_pattern=None,
+):
+    """A `LayoutMap` that shards locally connected kernels over their positions.
+
+    The kernel ``(P, K, filters)`` of each selected layer is laid out as
+    ``(axis_name, None, None)``: its positions axis is split over the device
+    mesh axis `axis_name`, the rest replicated. Pass the result to
+    `keras.distribution.ModelParallel` and create the model under that
+    distribution: layouts are applied when the variables are created.
+
+    Two ways to select the layers:
+
+    - **From a built model** (`model` given): every `LocallyConnected1D`,
+      `2D` or `3D` inside it (nested models included) whose path matches
+      `name_pattern` (all of them if None). The entries are keyed by the exact
+      variable paths, which take precedence over regex keys already in the
+      map. The shapes are known, so the helper checks them: a kernel whose
+      ``P`` the mesh axis does not divide is a `ValueError`, and the bias
+      ``(*out, filters)`` is sharded over its first axis where the mesh axis
+      divides it and replicated otherwise. Create the distributed model with
+      the same variable paths: explicit layer names, or the same construction
+      after `keras.backend.clear_session()` (which restarts automatic names).
+    - **From a name pattern** (`model` None): one regex entry,
+      ``f"{name_pattern}/kernel"``, usable before any model exists. The
+      biases are left replicated (their sizes are unknown here, and each is
+      ``K`` times smaller than its kernel). A kernel whose ``P`` the mesh axis
+      does not divide fails when it is created.
+
+    Args:
+        mesh_or_layout_map: A `keras.distribution.DeviceMesh`, for a new
+            `LayoutMap`, or a `LayoutMap` to add the entries to (its mesh
+            is used).
+        model: A built Keras model or layer, or None.
+        axis_name: The mesh axis that splits the positions axis.
+        name_pattern: A regex that must fully match the layer part of a
+            variable path (the path without ``/kernel``). Defaults to all
+            locally connected layers with a model, and to
+            `DEFAULT_NAME_PATTERN` (automatically named layers) without one.
+
+    Returns:
+        The `LayoutMap` (the one passed in, if any), with the new entries.
+
+    Raises:
+        ValueError: `axis_name` is not an axis of the mesh; `model` is not
+            built, holds no matching locally connected layer, or holds one
+            whose positions the mesh axis does not divide.
+
+    Example:
+
+    >>> import keras
+    >>> from keras.distribution import DeviceMesh
+    >>> from keras_localconn import LocallyConnected2D
+    >>> from keras_localconn.distribution import positions_layout_map
+    >>> model = keras.Sequential(
+    ...     [keras.Input((6, 6, 2)), LocallyConnected2D(4, 3, name="lc")],
+    ...     name="net",
+    ... )
+    >>> mesh = DeviceMesh((2, 4), ("batch", "model"), [f"d{i}" for i in range(8)])
+    >>> layout_map = positions_layout_map(mesh, model)
+    >>> {path: layout_map[path].axes for path in layout_map}
+    {'net/lc/kernel': ('model', None, None), 'net/lc/bias': ('model', None, None)}
+    >>> # Then: keras.distribution.ModelParallel(layout_map=layout_map,
+    >>> #     batch_dim_name="batch"), and build the model in its scope.
+    """
+    if isinstance(mesh_or_layout_map, LayoutMap):
+        layout_map = mesh_or_layout_map
+    elif isinstance(mesh_or_layout_map, DeviceMesh):
+        layout_map = LayoutMap(mesh_or_layout_map)
+    else:
+        raise ValueError(
+            "positions_layout_map: the first argument must be a "
+            "keras.distribution.DeviceMesh or LayoutMap. Received: "
+            f"{mesh_or_layout_map!r}"
+        )
+    mesh = layout_map.device_mesh
+    if mesh is None or axis_name not in mesh.axis_names:
+        raise ValueError(
+            f"positions_layout_map: `axis_name` must be an axis of the device "
+            f"mesh {tuple(mesh.axis_names) if mesh is not None else ()}. "
+            f"Received: axis_name={axis_name!r}"
+        )
+    axis_size = mesh.shape[list(mesh.axis_names).index(axis_name)]
+
+    if model is None:
+        pattern = DEFAULT_NAME_PATTERN if name_pattern is None else name_pattern
+        layout_map[f"{pattern}/kernel"] = (axis_name, None, None)
+        return layout_map
+
+    selected = [
+        layer
+        for layer in _locally_connected_layers(model)
+        if name_pattern is None or re.fullmatch(name_pattern, _layer_path(layer.kernel))
+    ]
+    if not selected:
+        raise ValueError(
+            f"positions_layout_map: found no built locally connected layer in "
+            f"{model.name!r}"
+            + (f" matching name_pattern={name_pattern!r}" if name_pattern else "")
+            + ". Build the model first (give it a `keras.Input` or call it)."
+        )
+    for layer in selected:
+        num_positions = layer.kernel.shape[0]
+        if num_positions % axis_size:
+            raise ValueError(
+                f"positions_layout_map: layer {layer.name!r} has {num_positions} "
+                f"output positions (kernel shape {tuple(layer.kernel.shape)}), "
+                f"which the mesh axis {axis_name!r} of size {axis_size} does "
+                f"not divide. Change the mesh or the layer's output shape, or "
+                f"leave the layer out with `name_pattern`."
+            )
+        layout_map[layer.kernel.path] = (axis_name, None, None)
+        bias = layer.bias
+        if bias is not None and bias.shape[0] % axis_size == 0:
+            layout_map[bias.path] = (axis_name, *(None,) * (len(bias.shape) - 1))
+    return layout_map
+
+
+def _layer_path(variable):
+    return variable.path.rsplit("/", 1)[0]
+
+
+def _locally_connected_layers(layer, seen=None):
+    """The built locally connected layers in `layer`, depth first, once each."""
+    seen = set() if seen is None else seen
+    if id(layer) in seen:
+        return []
+    seen.add(id(layer))
+    if isinstance(layer, BaseLocallyConnected):
+        return [layer] if layer.built else []
+    found = []
+    for sublayer in getattr(layer, "layers", ()):
+        found.extend(_locally_connected_layers(sublayer, seen))
+    return found
