@@ -6,15 +6,15 @@ Everything here is backend-neutral (only `keras.ops` and numpy for static
 shape arithmetic), for 1, 2 and 3 spatial dimensions, in one code path.
 
 How it computes: the input is transposed once so that its spatial axes come
-first, ``(*spatial, batch, channels)``; each kernel offset is then one strided
-slice of it, shaped ``(*out, batch, channels)``. Stacking the slices gives the
-patches position-major, ``(P, batch, K)``, and a single batched
-``matmul((P, batch, K), (P, K, filters))`` contracts them with the kernel. The
-number of ops grows with the kernel size, never with the number of output
-positions.
+first and the batch last, ``(*spatial, channels, batch)``, and its spatial axes
+are flattened. One gather of rows, with indices computed in numpy from the
+static shapes, then yields every patch, position-major and batch last,
+``(P, K, batch)``, and a single batched
+``matmul((P, filters, K), (P, K, batch))`` contracts them with the kernel. The
+number of ops does not grow with the kernel size nor with the number of output
+positions; benchmarks/ holds the measurements behind this layout.
 """
 
-import itertools
 import math
 
 import keras
@@ -298,33 +298,63 @@ def _local_conv(
             f"output shape {output_shape}, K = prod(kernel_size) * {channels} "
             f"channels). Received kernel of shape {kernel_shape}"
         )
+    for name, tensor in (("inputs", inputs), ("kernel", kernel)):
+        # Every backend's matmul takes bool operands and returns a logical
+        # or-of-ands, which is no convolution: refuse rather than mislead.
+        if keras.backend.standardize_dtype(tensor.dtype) == "bool":
+            raise ValueError(
+                f"{owner}: `{name}` must have a numeric dtype (float16, "
+                f"bfloat16, float32, float64 or an integer type); local_conv "
+                f"multiplies and sums. Received {name} of dtype bool; cast "
+                f"it first, e.g. keras.ops.cast({name}, 'float32')"
+            )
     num_positions, patch_size, filters = kernel_shape
 
-    # (*spatial, batch, channels): each kernel offset becomes a plain strided
-    # slice whose leading axes are already the output positions.
-    x = ops.transpose(inputs, to_spatial_first)
+    # (*spatial, channels, batch) with the spatial axes flattened: every
+    # input pixel is one (channels, batch) row, so a single gather of rows
+    # builds all patches at once, already laid out (P, K, batch) for the
+    # matmul. Its gradient is one scatter-add, where per-offset slices would
+    # each cost a full-size zero tensor in the backward pass (torch, TF), and
+    # batch last spares a transpose of the patches (benchmarks/, issue 4).
+    *spatial_axes, batch_axis, channel_axis = to_spatial_first
+    x = ops.transpose(inputs, (*spatial_axes, channel_axis, batch_axis))
     pads = local_conv_padding(
         spatial_shape, kernel_size, strides, padding, dilation_rate, owner
     )
     if any(lo or hi for lo, hi in pads):
         x = ops.pad(x, (*pads, (0, 0), (0, 0)))
+    padded_shape = [n + lo + hi for n, (lo, hi) in zip(spatial_shape, pads)]
+    # Rows of channels * batch values: merging these two axes makes torch
+    # copy the transposed input into contiguous rows, which its gather and
+    # scatter-add need to go at full speed (2x, measured in benchmarks/).
+    x = ops.reshape(x, (math.prod(padded_shape), -1))
 
-    slices = []
-    for offset in itertools.product(*(range(k) for k in kernel_size)):
-        index = tuple(
-            slice(o * d, o * d + (n - 1) * s + 1, s)
-            for o, d, s, n in zip(offset, dilation_rate, strides, output_shape)
-        )
-        slices.append(x[index])
-    # K is ordered (offsets..., channel) for channels_last, (channel,
-    # offsets...) for channels_first: stack the offsets on the matching side.
-    patches = ops.stack(slices, axis=-2 if channels_last else -1)
-    patches = ops.reshape(patches, (num_positions, -1, patch_size))
+    # Row of the padded input read by (output position, kernel offset), both
+    # row-major: the start of each output window plus each offset in it.
+    row_stride = np.cumprod([1, *padded_shape[:0:-1]])[::-1]
+    window_starts = np.zeros((), np.int64)
+    offsets = np.zeros((), np.int64)
+    for n, k, s, d, step in zip(
+        output_shape, kernel_size, strides, dilation_rate, row_stride
+    ):
+        window_starts = np.add.outer(window_starts, np.arange(n) * s * step)
+        offsets = np.add.outer(offsets, np.arange(k) * d * step)
+    rows = np.add.outer(window_starts.ravel(), offsets.ravel()).ravel()
+    patches = ops.take(x, rows.astype("int32"), axis=0)  # (P * taps, C * batch)
+    if channels_last:  # K ordered (offsets..., channel): already so
+        patches = ops.reshape(patches, (num_positions, patch_size, -1))
+    else:  # K ordered (channel, offsets...)
+        taps = math.prod(kernel_size)
+        patches = ops.reshape(patches, (num_positions, taps, channels, -1))
+        patches = ops.transpose(patches, (0, 2, 1, 3))
+        patches = ops.reshape(patches, (num_positions, patch_size, -1))
 
-    outputs = ops.matmul(patches, kernel)  # (P, batch, filters)
+    # (P, filters, K) @ (P, K, batch): the kernel's transpose is a view or is
+    # folded into the matmul by every backend.
+    outputs = ops.matmul(ops.transpose(kernel, (0, 2, 1)), patches)
     if bias is not None:
-        outputs = outputs + ops.expand_dims(bias, 1)
-    outputs = ops.reshape(outputs, (*output_shape, -1, filters))
+        outputs = outputs + ops.expand_dims(bias, -1)
+    outputs = ops.reshape(outputs, (*output_shape, filters, -1))
     if channels_last:
-        return ops.transpose(outputs, (rank, *range(rank), rank + 1))
-    return ops.transpose(outputs, (rank, rank + 1, *range(rank)))
+        return ops.transpose(outputs, (rank + 1, *range(rank), rank))
+    return ops.transpose(outputs, (rank + 1, rank, *range(rank)))
