@@ -1,0 +1,260 @@
+"""Write docs/performance.md and its chart from benchmarks/results/*.json.
+
+The prose lives in ``benchmarks/performance_template.md``; the generated
+tables replace its ``{{results}}`` line, so the page can be regenerated after
+any backend's run (``python benchmarks/run.py --report-only``).
+"""
+
+import json
+import math
+import pathlib
+
+from cases import CASES, CASES_BY_NAME
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+TEMPLATE = HERE / "performance_template.md"
+PAGE = ROOT / "docs" / "performance.md"
+CHART = ROOT / "docs" / "img" / "performance.png"
+BACKENDS = ("tensorflow", "jax", "torch")
+TITLES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+
+
+def load():
+    results = {}
+    for backend in BACKENDS:
+        path = RESULTS / f"{backend}.json"
+        if path.exists():
+            results[backend] = json.loads(path.read_text())
+    return results
+
+
+def _role(result, name):
+    return next(i["role"] for i in result["impls"] if i["name"] == name)
+
+
+def _by_role(result, case_name, role):
+    timings = result["cases"].get(case_name, {})
+    return [(n, t) for n, t in timings.items() if _role(result, n) == role]
+
+
+def _fmt(value, digits=3):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
+
+
+def _fmt_ratio(value):
+    if value is None:
+        return "–"
+    return f"{value:.2g}" if value < 0.1 else f"{value:.2f}"
+
+
+def _ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _build_cell(entry):
+    if "timeout_s" in entry:
+        return f"> {entry['timeout_s']:.0f} (stopped)"
+    if "error" in entry:
+        return "failed"
+    if "weights_s" in entry:
+        return (
+            f"{_fmt(entry['build_s'])} "
+            f"({_fmt(entry['weights_s'], 2)} + "
+            f"{_fmt(entry['build_s'] - entry['weights_s'], 2)})"
+        )
+    return _fmt(entry.get("build_s"))
+
+
+def _memory_cell(entry):
+    if "step_peak_mb" not in entry:
+        return "–"
+    return _fmt(entry["step_peak_mb"])
+
+
+def backend_section(backend, result):
+    versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+    machine = result["machine"]
+    lines = [
+        f"### {TITLES[backend]}",
+        "",
+        f"Run {result['date']} on {machine['cpu']} ({machine['cores']} cores, "
+        f"{machine['system']}; load average {machine['load_average_at_start']:.1f}"
+        f" at the start), {versions}. The whole run took "
+        f"{result['wall_s'] / 60:.1f} min.",
+        "",
+        "| shape | implementation | forward ms | fwd+bwd ms | forward × floor "
+        "| fwd+bwd × floor | step peak MB | build + first call s (weights "
+        "+ first call) "
+        "| first fwd+bwd s |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for case in CASES:
+        timings = result["cases"].get(case.name)
+        if not timings:
+            continue
+        floor = next(iter(_by_role(result, case.name, "floor")), (None, {}))[1]
+        for name, entry in timings.items():
+            fwd, fb = entry.get("forward_ms"), entry.get("fwd_bwd_ms")
+            build = _build_cell(entry) if "build_s" in entry or entry else "–"
+            if _role(result, name) == "floor":
+                build = "–"
+            lines.append(
+                f"| {case.label} | {name} | {_fmt(fwd)} | {_fmt(fb)} "
+                f"| {_fmt_ratio(_ratio(fwd, floor.get('forward_ms')))} "
+                f"| {_fmt_ratio(_ratio(fb, floor.get('fwd_bwd_ms')))} "
+                f"| {_memory_cell(entry)} | {build} "
+                f"| {_fmt(entry.get('first_step_s'))} |"
+            )
+    notes = [f"- *{i['name']}*: {i['note']}." for i in result["impls"] if i.get("note")]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines)
+
+
+def _speedup(anchor, ours, key):
+    if key not in anchor and "timeout_s" in anchor:
+        return f"not measured (stopped after {anchor['timeout_s']:.0f} s)"
+    return _fmt_ratio(_ratio(anchor.get(key), ours[key]))
+
+
+def summary_rows(backend, result):
+    """One row per shape: the ratios the targets are about."""
+    rows = []
+    for case in CASES:
+        if case.name not in result["cases"]:
+            continue
+        ours = dict(_by_role(result, case.name, "ours"))
+        floor = dict(_by_role(result, case.name, "floor"))
+        anchors = _by_role(result, case.name, "anchor")
+        if not ours or not floor:
+            continue
+        o, f = next(iter(ours.values())), next(iter(floor.values()))
+        # The anchor to beat is the fastest one that ran.
+        anchor_name, a = min(
+            anchors, key=lambda item: item[1].get("fwd_bwd_ms", math.inf)
+        )
+        mem = _ratio(o.get("step_peak_mb"), a.get("step_peak_mb"))
+        missed = []
+        if o["forward_ms"] > 1.5 * f["forward_ms"]:
+            missed.append("forward ≤ 1.5× floor")
+        if o["fwd_bwd_ms"] > 1.5 * f["fwd_bwd_ms"]:
+            missed.append("fwd+bwd ≤ 1.5× floor")
+        if a.get("fwd_bwd_ms", math.inf) < 2 * o["fwd_bwd_ms"]:
+            missed.append("≥ 2× anchor")
+        if mem is not None and mem > 1:
+            missed.append("memory ≤ anchor")
+        if case.name == "large" and o.get("build_s", 0) > 1.5:
+            missed.append("build + first call < 1.5 s")
+        rows.append(
+            f"| {TITLES[backend]} | {case.label} "
+            f"| {_fmt_ratio(_ratio(o['forward_ms'], f['forward_ms']))} "
+            f"| {_fmt_ratio(_ratio(o['fwd_bwd_ms'], f['fwd_bwd_ms']))} "
+            f"| {anchor_name} "
+            f"| {_speedup(a, o, 'forward_ms')} "
+            f"| {_speedup(a, o, 'fwd_bwd_ms')} "
+            f"| {_memory_cell(o)} / {_memory_cell(a)} ({_fmt_ratio(mem)}) "
+            f"| {_build_cell(o) if case.report_build else '–'} / "
+            f"{_build_cell(a) if case.report_build else '–'} "
+            f"| {', '.join(missed) or 'none'} |"
+        )
+    return rows
+
+
+def summary(results):
+    lines = [
+        "| backend | shape | ours ÷ floor, forward | ours ÷ floor, fwd+bwd "
+        "| fastest anchor | anchor ÷ ours, forward | anchor ÷ ours, fwd+bwd "
+        "| step peak MB, ours / anchor (ratio) | build + first call s "
+        "(weights + first call), ours / anchor | targets missed |",
+        "|---|---|--:|--:|---|--:|--:|--:|--:|---|",
+    ]
+    for backend, result in results.items():
+        lines += summary_rows(backend, result)
+    return "\n".join(lines)
+
+
+def chart(results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = list(results)
+    fig, axes = plt.subplots(
+        1, len(backends), figsize=(5.2 * len(backends), 5.0), squeeze=False
+    )
+    colors = {"ours": "#1f77b4", "variant": "#9ecae1", "anchor": "#d62728"}
+    for ax, backend in zip(axes[0], backends):
+        result = results[backend]
+        names = [
+            i["name"] for i in result["impls"] if i["role"] in colors
+        ]  # floor is the line at 1
+        case_names = [c for c in result["cases"] if c in CASES_BY_NAME]
+        width = 0.8 / max(len(names), 1)
+        for k, name in enumerate(names):
+            role = _role(result, name)
+            xs, ys = [], []
+            for j, case_name in enumerate(case_names):
+                timings = result["cases"][case_name]
+                floor = dict(_by_role(result, case_name, "floor"))
+                if "fwd_bwd_ms" not in timings.get(name, {}) or not floor:
+                    continue
+                f = next(iter(floor.values()))["fwd_bwd_ms"]
+                xs.append(j + (k - (len(names) - 1) / 2) * width)
+                ys.append(timings[name]["fwd_bwd_ms"] / f)
+            shade = colors[role]
+            if role == "anchor":
+                shade = plt.cm.Reds(
+                    0.85
+                    - 0.2 * sum(1 for n in names[:k] if _role(result, n) == "anchor")
+                )
+            ax.bar(xs, ys, width, label=name, color=shade)
+        ax.axhline(1.0, color="black", lw=1, ls="--", label="floor (batched matmul)")
+        ax.axhline(1.5, color="grey", lw=1, ls=":", label="target: 1.5 × floor")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(case_names)))
+        ax.set_xticklabels([CASES_BY_NAME[c].short for c in case_names], fontsize=8)
+        ax.set_title(f"{TITLES[backend]}: fwd+bwd time ÷ floor (log)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    fig.tight_layout()
+    CHART.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(CHART, dpi=110)
+    plt.close(fig)
+
+
+def write_page():
+    results = load()
+    if not results:
+        return
+    sections = [
+        "## Summary",
+        "",
+        summary(results),
+        "",
+        "![forward+backward time relative to the matmul floor, per backend]"
+        "(img/performance.png)",
+        "",
+        "## All measurements",
+        "",
+    ]
+    for backend, result in results.items():
+        sections += [backend_section(backend, result), ""]
+    text = TEMPLATE.read_text().replace("{{results}}", "\n".join(sections).strip())
+    PAGE.write_text(text)
+    try:
+        chart(results)
+    except ImportError:
+        print("matplotlib is not installed: the chart was not redrawn")
+    print(f"wrote {PAGE} and {CHART}")
+
+
+if __name__ == "__main__":
+    write_page()

@@ -1,0 +1,317 @@
+"""Benchmark this package against the backend's anchor and the matmul floor.
+
+    KERAS_BACKEND=jax python benchmarks/run.py     # what `nox -s bench-jax` runs
+
+One process per backend (the one in $KERAS_BACKEND). In this process every
+implementation of a shape is timed side by side, forward and
+forward+backward, in interleaved rounds after a warm-up, and the medians are
+kept. Build + first call and the peak memory of one forward+backward step are
+measured in a fresh subprocess per implementation, so that neither sees what
+another one compiled or allocated.
+
+Results go to ``benchmarks/results/<backend>.json``; then the performance page
+(``docs/performance.md`` and ``docs/img/performance.png``) is rewritten from
+every results file present, so running the backends one by one fills it in.
+
+Options: ``--cases a,b`` and ``--impls substring`` restrict what runs;
+``--budget SECONDS`` is the timing budget per shape and mode; ``--no-memory``
+skips the subprocesses; ``--report-only`` only rewrites the page.
+"""
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+RESULTS = HERE / "results"
+CHILD_TIMEOUT_S = 90
+
+
+def _backend():
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend not in ("jax", "tensorflow", "torch"):
+        sys.exit(f"Set KERAS_BACKEND to jax, tensorflow or torch (got {backend!r}).")
+    return backend
+
+
+def _impls(backend, pattern=None):
+    from impls import IMPLS
+
+    impls = IMPLS[backend]
+    if pattern:
+        impls = tuple(i for i in impls if pattern in i.name or i.role == "floor")
+    return impls
+
+
+def _cases(names=None):
+    from cases import CASES, CASES_BY_NAME
+
+    if not names:
+        return CASES
+    return tuple(CASES_BY_NAME[name] for name in names.split(","))
+
+
+# --------------------------------------------------------------------------
+# Speed: every implementation of one shape in this process, interleaved
+# --------------------------------------------------------------------------
+
+
+def _timed(step):
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def time_case(case, impls, budget_s, min_rounds=3, max_rounds=25):
+    """Median seconds of forward and forward+backward, per implementation.
+
+    Rounds interleave the implementations, so load from elsewhere on the
+    machine hits all of them alike. An implementation leaves the rounds once
+    it has `min_rounds` samples and has used `budget_s`; the others go on
+    while the round count is under `max_rounds` and the budget lasts.
+    """
+    runners, needed = {}, {}
+    for impl in impls:
+        runner = impl.make(case)
+        first = max(_timed(runner.forward), _timed(runner.fwd_bwd))  # compiles
+        if first < budget_s / 4:
+            runner.forward()
+            runner.fwd_bwd()
+        runners[impl.name] = runner
+        # Very slow implementations (seconds per call, tens of times slower
+        # than the others) get one sample: the ratio needs no better.
+        needed[impl.name] = min_rounds if first < budget_s else 1
+    results = {}
+    for mode in ("forward", "fwd_bwd"):
+        samples = {name: [] for name in runners}
+        for _ in range(max_rounds):
+            active = [
+                name
+                for name, values in samples.items()
+                if len(values) < needed[name] or sum(values) < budget_s
+            ]
+            if not active:
+                break
+            for name in active:
+                samples[name].append(_timed(getattr(runners[name], mode)))
+        for name, values in samples.items():
+            entry = results.setdefault(name, {})
+            entry[f"{mode}_ms"] = 1e3 * statistics.median(values)
+            entry[f"{mode}_runs"] = len(values)
+    return results
+
+
+# --------------------------------------------------------------------------
+# Build + first call and peak memory: one fresh subprocess per implementation
+# --------------------------------------------------------------------------
+
+
+def _proc_status_kib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def child(case_name, impl_name):
+    """Runs in the subprocess; prints one JSON line."""
+    backend = _backend()
+    (case,) = _cases(case_name)
+    (impl,) = [i for i in _impls(backend) if i.name == impl_name]
+    import keras  # noqa: F401  (import time is not build time)
+
+    if backend == "jax":
+        import jax  # noqa: F401
+    if backend == "tensorflow":
+        import tensorflow  # noqa: F401
+        import tf_keras  # noqa: F401
+    if backend == "torch":
+        import torch  # noqa: F401
+
+    from impls import _data, _floor_data, warm_up_backend
+
+    warm_up_backend(backend)
+    _data(case)  # the random inputs are made (and cached) before the clock
+    _floor_data(case)
+    start = time.perf_counter()
+    runner = impl.make(case)
+    made = time.perf_counter()
+    runner.forward()
+    build_s = time.perf_counter() - start
+    first_step_s = _timed(runner.fwd_bwd)
+    timings = {}
+    if case.name in impl.timed_in_child:
+        for mode in ("forward", "fwd_bwd"):
+            values = [_timed(getattr(runner, mode))]
+            if values[0] < 2:
+                values += [_timed(getattr(runner, mode)) for _ in range(2)]
+            timings[f"{mode}_ms"] = 1e3 * statistics.median(values)
+            timings[f"{mode}_runs"] = len(values)
+    runner.fwd_bwd()
+    gc.collect()
+    # Reset the peak-RSS mark (Linux >= 4.0), so VmHWM below is the peak of
+    # the step alone, on top of what is resident before it.
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = _proc_status_kib("VmRSS")
+    runner.fwd_bwd()
+    peak = _proc_status_kib("VmHWM")
+    print(
+        json.dumps(
+            {
+                **timings,
+                "build_s": build_s,
+                "weights_s": made - start,
+                "first_step_s": first_step_s,
+                "step_peak_mb": (peak - before) / 1024,
+                "resident_mb": before / 1024,
+            }
+        )
+    )
+
+
+def run_child(case, impl):
+    env = dict(os.environ)
+    # Large buffers in their own mappings, handed back to the system when
+    # freed: the resident set then follows what is live, not what glibc keeps.
+    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+    env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 20)
+    command = [sys.executable, __file__, "--child", case.name, impl.name]
+    try:
+        done = subprocess.run(
+            command,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return {"timeout_s": CHILD_TIMEOUT_S}
+    if done.returncode != 0:
+        print(done.stderr[-3000:], file=sys.stderr)
+        return {"error": done.stderr.strip().splitlines()[-1][:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------
+# Environment description
+# --------------------------------------------------------------------------
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions(backend):
+    from importlib import metadata
+
+    names = {
+        "jax": ("keras", "jax", "jaxlib", "flax"),
+        "tensorflow": ("keras", "tensorflow", "tf-keras"),
+        "torch": ("keras", "torch"),
+    }[backend]
+    versions = {"python": platform.python_version()}
+    for name in (*names, "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _machine():
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "system": f"{platform.system()} {platform.release()}",
+        "load_average_at_start": os.getloadavg()[0],
+    }
+
+
+# --------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"))
+    parser.add_argument("--cases")
+    parser.add_argument("--impls")
+    parser.add_argument("--budget", type=float, default=4.0)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    if args.report_only:
+        import report
+
+        report.write_page()
+        return
+
+    backend = _backend()
+    started = time.time()
+    impls = _impls(backend, args.impls)
+    results = {
+        "backend": backend,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"
+        ),
+        "machine": _machine(),
+        "versions": _versions(backend),
+        "impls": [
+            {"name": i.name, "role": i.role, "note": i.note, "cases": i.cases}
+            for i in impls
+        ],
+        "cases": {},
+    }
+    for case in _cases(args.cases):
+        case_impls = [i for i in impls if i.runs_on(case)]
+        print(f"[{backend}] {case.name}: timing {len(case_impls)} impls", flush=True)
+        timings = time_case(
+            case,
+            [i for i in case_impls if case.name not in i.timed_in_child],
+            args.budget,
+        )
+        gc.collect()
+        if not args.no_memory:
+            for impl in case_impls:
+                if impl.role in ("floor", "variant"):
+                    continue
+                timings.setdefault(impl.name, {}).update(run_child(case, impl))
+        results["cases"][case.name] = timings
+        for name, entry in timings.items():
+            print(f"    {name:32s} {json.dumps(entry)}", flush=True)
+    results["wall_s"] = time.time() - started
+    print(f"[{backend}] done in {results['wall_s']:.0f} s", flush=True)
+    if args.no_save:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{backend}.json").write_text(json.dumps(results, indent=1) + "\n")
+    import report
+
+    report.write_page()
+
+
+if __name__ == "__main__":
+    main()
