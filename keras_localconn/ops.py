@@ -110,9 +110,7 @@ def check_strides_and_dilation(strides, dilation_rate, owner="local_conv"):
 # --------------------------------------------------------------------------
 
 
-def local_conv_padding(
-    spatial_shape, kernel_size, strides, padding, dilation_rate, owner="local_conv"
-):
+def local_conv_padding(spatial_shape, kernel_size, strides, padding, dilation_rate):
     """Per-axis ``(before, after)`` zero padding, the way Keras' `Conv` pads.
 
     ``valid``: none. ``same``: output length ``ceil(n / stride)``, with the
@@ -151,7 +149,7 @@ def local_conv_output_shape(
     dilation_rate = normalize_tuple(dilation_rate, rank, "dilation_rate", owner)
     padding = normalize_padding(padding, rank, owner)
     pads = local_conv_padding(
-        spatial_shape, kernel_size, strides, padding, dilation_rate, owner
+        spatial_shape, kernel_size, strides, padding, dilation_rate
     )
     out = []
     for axis, (n, k, s, d, (lo, hi)) in enumerate(
@@ -319,7 +317,7 @@ def _local_conv(
     *spatial_axes, batch_axis, channel_axis = to_spatial_first
     x = ops.transpose(inputs, (*spatial_axes, channel_axis, batch_axis))
     pads = local_conv_padding(
-        spatial_shape, kernel_size, strides, padding, dilation_rate, owner
+        spatial_shape, kernel_size, strides, padding, dilation_rate
     )
     if any(lo or hi for lo, hi in pads):
         x = ops.pad(x, (*pads, (0, 0), (0, 0)))
