@@ -37,7 +37,7 @@ import h5py
 import keras
 import numpy as np
 
-from keras_localconn import ops as lc_ops
+from keras_localconn import _arguments, _shapes
 from keras_localconn.layers import (
     BaseLocallyConnected,
     LocallyConnected1D,
@@ -150,17 +150,17 @@ def convert_weights(weights, config, input_shape):
         )
     if "kernel_size" not in config:
         raise ValueError(f"{owner}: the config has no `kernel_size`: {config}")
-    kernel_size = lc_ops.normalize_tuple(
-        config["kernel_size"], rank, "kernel_size", owner
+    kernel_size, strides, padding, dilation_rate = _arguments.normalize_geometry(
+        rank,
+        config["kernel_size"],
+        config.get("strides", 1),
+        config.get("padding", "valid"),
+        config.get("dilation_rate", 1),
+        owner,
     )
-    strides = lc_ops.normalize_tuple(config.get("strides", 1), rank, "strides", owner)
-    padding = lc_ops.normalize_padding(config.get("padding", "valid"), rank, owner)
-    data_format = lc_ops.normalize_data_format(config.get("data_format"), owner)
+    data_format = _arguments.normalize_data_format(config.get("data_format"), owner)
     implementation = config.get("implementation", 1)
     use_bias = config.get("use_bias", True)
-    dilation_rate = lc_ops.normalize_tuple(
-        config.get("dilation_rate", 1), rank, "dilation_rate", owner
-    )
     if padding == "causal" or dilation_rate != (1,) * rank:
         raise ValueError(
             f"{owner}: Keras 2 locally connected layers had neither 'causal' "
@@ -169,15 +169,12 @@ def convert_weights(weights, config, input_shape):
         )
 
     channels_last = data_format == "channels_last"
-    shape = tuple(input_shape[1:])
-    spatial_shape, channels = (
-        (shape[:-1], shape[-1]) if channels_last else (shape[1:], shape[0])
-    )
+    spatial_shape, channels = _shapes.split_input_shape(input_shape, data_format)
     pads = keras2_padding(spatial_shape, kernel_size, strides, padding)
     padded_shape = tuple(n + lo + hi for n, (lo, hi) in zip(spatial_shape, pads))
-    output_shape = lc_ops.local_conv_output_shape(
-        padded_shape, kernel_size, strides, "valid", owner=owner
-    )
+    output_shape = _shapes.geometry(
+        padded_shape, channels, kernel_size, strides, "valid", dilation_rate, owner
+    ).output_shape
 
     expected_count = 2 if use_bias else 1
     if len(weights) != expected_count:
@@ -194,8 +191,8 @@ def convert_weights(weights, config, input_shape):
     if use_bias:
         converted.append(_convert_bias(weights[1], geometry, kernel, channels_last))
 
-    keras3_same = lc_ops.local_conv_padding(
-        spatial_shape, kernel_size, strides, "same", (1,) * rank
+    keras3_same = _shapes.padding_amounts(
+        spatial_shape, kernel_size, strides, "same", dilation_rate
     )
     if padding == "valid":
         return ConvertedWeights(converted, "valid", None)

@@ -6,9 +6,10 @@ import math
 from keras import activations, constraints, initializers, ops, regularizers
 from keras.layers import InputSpec, Layer
 
+from keras_localconn import _arguments, _shapes
 from keras_localconn import ops as lc_ops
 
-IMPLEMENTATIONS = (1, 2, 3)
+_IMPLEMENTATIONS = (1, 2, 3)
 
 
 class BaseLocallyConnected(Layer):
@@ -47,25 +48,19 @@ class BaseLocallyConnected(Layer):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         owner = self._owner
         self.rank = rank
-        if not isinstance(filters, int) or isinstance(filters, bool) or filters <= 0:
-            raise ValueError(
-                f"{owner}: `filters` must be a positive integer. "
-                f"Received: filters={filters!r}"
-            )
-        self.filters = filters
-        self.kernel_size = lc_ops.normalize_tuple(
-            kernel_size, rank, "kernel_size", owner
+        self.filters = _arguments.normalize_positive_int(filters, "filters", owner)
+        (
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation_rate,
+        ) = _arguments.normalize_geometry(
+            rank, kernel_size, strides, padding, dilation_rate, owner
         )
-        self.strides = lc_ops.normalize_tuple(strides, rank, "strides", owner)
-        self.dilation_rate = lc_ops.normalize_tuple(
-            dilation_rate, rank, "dilation_rate", owner
-        )
-        lc_ops.check_strides_and_dilation(self.strides, self.dilation_rate, owner)
-        self.padding = lc_ops.normalize_padding(padding, rank, owner)
-        self.data_format = lc_ops.normalize_data_format(data_format, owner)
-        if implementation not in IMPLEMENTATIONS:
+        self.data_format = _arguments.normalize_data_format(data_format, owner)
+        if implementation not in _IMPLEMENTATIONS:
             raise ValueError(
-                f"{owner}: `implementation` must be one of {IMPLEMENTATIONS}. "
+                f"{owner}: `implementation` must be one of {_IMPLEMENTATIONS}. "
                 f"Received: implementation={implementation!r}"
             )
         self.implementation = implementation
@@ -95,10 +90,7 @@ class BaseLocallyConnected(Layer):
                 f"(batch, {self.rank} spatial dimension(s), channels). "
                 f"Received input_shape={input_shape}"
             )
-        if self.data_format == "channels_last":
-            spatial, channels = input_shape[1:-1], input_shape[-1]
-        else:
-            spatial, channels = input_shape[2:], input_shape[1]
+        spatial, channels = _shapes.split_input_shape(input_shape, self.data_format)
         if any(n is None for n in spatial) or channels is None:
             raise ValueError(
                 f"{self._owner}: the spatial dimensions and the channel "
@@ -110,14 +102,18 @@ class BaseLocallyConnected(Layer):
 
     def output_spatial_shape(self, input_shape):
         """The output spatial shape for `input_shape` (batch included)."""
-        spatial, _ = self._spatial_shape(input_shape)
-        return lc_ops.local_conv_output_shape(
-            spatial,
+        return self._geometry(input_shape).output_shape
+
+    def _geometry(self, input_shape):
+        spatial, channels = self._spatial_shape(input_shape)
+        return _shapes.geometry(
+            tuple(spatial),
+            channels,
             self.kernel_size,
             self.strides,
             self.padding,
             self.dilation_rate,
-            owner=self._owner,
+            self._owner,
         )
 
     def compute_output_shape(self, input_shape):
@@ -128,14 +124,12 @@ class BaseLocallyConnected(Layer):
         return (batch, self.filters, *out)
 
     def build(self, input_shape):
-        _, channels = self._spatial_shape(input_shape)
-        out = self.output_spatial_shape(input_shape)
+        geo = self._geometry(input_shape)
+        channels, out = geo.channels, geo.output_shape
         self.input_spec = InputSpec(
             ndim=self.rank + 2, axes={self._channel_axis: channels}
         )
-        kernel_shape = lc_ops.local_conv_kernel_shape(
-            out, self.kernel_size, channels, self.filters
-        )
+        kernel_shape = geo.kernel_shape(self.filters)
         self.kernel = self.add_weight(
             name="kernel",
             shape=kernel_shape,

@@ -1,0 +1,98 @@
+"""Argument validation shared by `ops`, the layers and the Keras 2 import.
+
+Every function returns the normalised value or raises a `ValueError` /
+`TypeError` that starts with `owner` (the public function or the layer that
+received the argument), quotes the value received and says what is allowed.
+"""
+
+import keras
+import numpy as np
+
+PADDINGS = ("valid", "same", "causal")
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def normalize_positive_int(value, name, owner):
+    """`value` as a positive Python int (NumPy integers accepted)."""
+    if not _is_int(value) or value <= 0:
+        raise ValueError(
+            f"{owner}: `{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def normalize_tuple(value, rank, name, owner):
+    """`value` as a tuple of `rank` positive ints, or a `ValueError`."""
+    if _is_int(value):
+        values = (int(value),) * rank
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            values = None
+        if values is None or not all(_is_int(v) for v in values):
+            raise ValueError(
+                f"{owner}: `{name}` must be an int or a tuple of {rank} ints. "
+                f"Received: {name}={value!r}"
+            )
+        values = tuple(int(v) for v in values)
+        if len(values) != rank:
+            raise ValueError(
+                f"{owner}: `{name}` must have {rank} element(s), one per spatial "
+                f"dimension. Received: {name}={value!r}"
+            )
+    if any(v <= 0 for v in values):
+        raise ValueError(
+            f"{owner}: every element of `{name}` must be a positive integer. "
+            f"Received: {name}={value!r}"
+        )
+    return values
+
+
+def normalize_padding(padding, rank, owner):
+    """Lower-cased padding name, checked against what `rank` allows."""
+    allowed = PADDINGS if rank == 1 else PADDINGS[:2]
+    if not isinstance(padding, str) or padding.lower() not in allowed:
+        raise ValueError(
+            f"{owner}: `padding` must be one of {allowed} "
+            f"({'causal only for 1D; ' if rank > 1 else ''}case-insensitive). "
+            f"Received: padding={padding!r}"
+        )
+    return padding.lower()
+
+
+def normalize_data_format(data_format, owner):
+    """`data_format`, with `None` meaning `keras.config.image_data_format()`."""
+    if data_format is None:
+        data_format = keras.config.image_data_format()
+    if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
+        raise ValueError(
+            f"{owner}: `data_format` must be one of {DATA_FORMATS} or None. "
+            f"Received: data_format={data_format!r}"
+        )
+    return data_format.lower()
+
+
+def check_strides_and_dilation(strides, dilation_rate, owner):
+    """Keras convolutions refuse strides > 1 with dilation > 1 on one axis."""
+    for axis, (s, d) in enumerate(zip(strides, dilation_rate)):
+        if s > 1 and d > 1:
+            raise ValueError(
+                f"{owner}: `strides` > 1 is not compatible with `dilation_rate` > 1 "
+                f"on the same axis (axis {axis}). Received: strides={strides}, "
+                f"dilation_rate={dilation_rate}"
+            )
+
+
+def normalize_geometry(rank, kernel_size, strides, padding, dilation_rate, owner):
+    """The four window arguments of a local convolution, checked together."""
+    kernel_size = normalize_tuple(kernel_size, rank, "kernel_size", owner)
+    strides = normalize_tuple(strides, rank, "strides", owner)
+    dilation_rate = normalize_tuple(dilation_rate, rank, "dilation_rate", owner)
+    check_strides_and_dilation(strides, dilation_rate, owner)
+    padding = normalize_padding(padding, rank, owner)
+    return kernel_size, strides, padding, dilation_rate
