@@ -230,6 +230,22 @@ def _local_conv(
     return _gather_matmul(inputs, kernel, bias, geo, data_format == "channels_last")
 
 
+def _padded_spatial_first(inputs, geo, channels_last):
+    """`inputs` as ``(*padded_spatial, channels, batch)``, padded per `geo`.
+
+    The one place where padding is applied: every formulation starts here.
+    """
+    rank = geo.rank
+    if channels_last:
+        to_spatial_first = (*range(1, rank + 1), rank + 1, 0)
+    else:
+        to_spatial_first = (*range(2, rank + 2), 1, 0)
+    x = kops.transpose(inputs, to_spatial_first)
+    if any(lo or hi for lo, hi in geo.pads):
+        x = kops.pad(x, (*geo.pads, (0, 0), (0, 0)))
+    return x
+
+
 def _gather_matmul(inputs, kernel, bias, geo, channels_last):
     rank = geo.rank
     filters = kernel.shape[-1]
@@ -239,13 +255,7 @@ def _gather_matmul(inputs, kernel, bias, geo, channels_last):
     # matmul. Its gradient is one scatter-add, where per-offset slices would
     # each cost a full-size zero tensor in the backward pass (torch, TF), and
     # batch last spares a transpose of the patches (docs/performance.md).
-    if channels_last:
-        to_spatial_first = (*range(1, rank + 1), rank + 1, 0)
-    else:
-        to_spatial_first = (*range(2, rank + 2), 1, 0)
-    x = kops.transpose(inputs, to_spatial_first)
-    if any(lo or hi for lo, hi in geo.pads):
-        x = kops.pad(x, (*geo.pads, (0, 0), (0, 0)))
+    x = _padded_spatial_first(inputs, geo, channels_last)
     # Rows of channels * batch values: merging these two axes makes torch
     # copy the transposed input into contiguous rows, which its gather and
     # scatter-add need to go at full speed (2x, measured in benchmarks/).
