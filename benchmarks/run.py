@@ -13,6 +13,10 @@ Results go to ``benchmarks/results/<backend>.json``; then the performance page
 (``docs/performance.md`` and ``docs/img/performance.png``) is rewritten from
 every results file present, so running the backends one by one fills it in.
 
+After those shapes, ``models.py`` times DeepFace's locally connected layers
+against the machine's limit measured in the same process (``--no-models``
+skips it).
+
 Options: ``--cases a,b`` and ``--impls substring`` restrict what runs;
 ``--budget SECONDS`` is the timing budget per shape and mode; ``--no-memory``
 skips the subprocesses; ``--report-only`` only rewrites the page.
@@ -205,6 +209,24 @@ def run_child(case, impl):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_model_child(model_name):
+    """`models.training_step_peak_mb` in a fresh process (same environment)."""
+    env = dict(os.environ)
+    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+    env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 20)
+    command = [sys.executable, __file__, "--child-model", model_name]
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=600
+        )
+    except subprocess.TimeoutExpired:
+        return {"timeout_s": 600}
+    if done.returncode != 0:
+        print(done.stderr[-3000:], file=sys.stderr)
+        return {"error": done.stderr.strip().splitlines()[-1][:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 # --------------------------------------------------------------------------
 # Environment description
 # --------------------------------------------------------------------------
@@ -253,6 +275,10 @@ def _machine():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"))
+    parser.add_argument("--child-model", metavar="MODEL")
+    parser.add_argument(
+        "--no-models", action="store_true", help="skip DeepFace's layers (models.py)"
+    )
     parser.add_argument("--cases")
     parser.add_argument("--impls")
     parser.add_argument("--budget", type=float, default=4.0)
@@ -262,6 +288,11 @@ def main():
     args = parser.parse_args()
     if args.child:
         child(*args.child)
+        return
+    if args.child_model:
+        import models
+
+        print(json.dumps(models.training_step_peak_mb(args.child_model)))
         return
     if args.report_only:
         import report
@@ -302,6 +333,16 @@ def main():
         results["cases"][case.name] = timings
         for name, entry in timings.items():
             print(f"    {name:32s} {json.dumps(entry)}", flush=True)
+    if not args.no_models:
+        import models
+
+        print(f"[{backend}] DeepFace layers against the machine's limit", flush=True)
+        results["models"] = models.time_models(backend)
+        if not args.no_memory:
+            results["models"]["training_memory"] = {
+                name: run_model_child(name) for name in models.MODELS
+            }
+            print(f"    memory: {results['models']['training_memory']}", flush=True)
     results["wall_s"] = time.time() - started
     print(f"[{backend}] done in {results['wall_s']:.0f} s", flush=True)
     if args.no_save:

@@ -1,0 +1,302 @@
+"""DeepFace's locally connected layers, timed against the machine's limit.
+
+The shapes of `cases.py` are small enough that kernels and patches stay in
+cache. Real models are not: DeepFace's L4 alone has a 239 MB kernel. Here,
+in the process of one backend:
+
+- the machine's *limit* is measured, on that backend: the rate at which it
+  streams one large array from memory (the sum of an array the size of L4's
+  kernel) and its GEMM rate (one 2048 x 2048 float32 matmul). The limit of
+  a case is ``max(bytes that must move once / stream rate, FLOPs / GEMM
+  rate)``;
+- L4, L5 and L6 alone, at batch 1, 8 and 32: `model.predict_on_batch`;
+- the L4-L6 stack: inference at batch 8 and one training step (forward,
+  backward, SGD update: `model.train_on_batch`) at batch 32, beside
+  tf.keras 2's `LocallyConnected2D(implementation=1)` (what DeepFace users
+  ran), which runs on TensorFlow in the same process whatever the Keras
+  backend; and the peak memory of the batch-32 training step of both, each
+  in a fresh subprocess.
+"""
+
+import dataclasses
+import math
+import statistics
+import time
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    name: str
+    input_shape: tuple  # (*spatial, channels)
+    kernel_size: tuple
+    strides: tuple
+    filters: int = 16
+
+    @property
+    def output_spatial(self):
+        return tuple(
+            (n - k) // s + 1
+            for n, k, s in zip(self.input_shape[:-1], self.kernel_size, self.strides)
+        )
+
+    @property
+    def positions(self):
+        return math.prod(self.output_spatial)
+
+    @property
+    def patch_size(self):
+        return math.prod(self.kernel_size) * self.input_shape[-1]
+
+    def kernel_bytes(self, itemsize=4):
+        return self.positions * self.patch_size * self.filters * itemsize
+
+    def activation_bytes(self, batch, itemsize=4):
+        """Input plus output of one call."""
+        inputs = batch * math.prod(self.input_shape)
+        outputs = batch * self.positions * self.filters
+        return (inputs + outputs) * itemsize
+
+    def flops(self, batch):
+        return 2 * self.positions * self.patch_size * self.filters * batch
+
+
+LAYERS = (
+    Layer("L4", (63, 63, 16), (9, 9), (1, 1)),
+    Layer("L5", (55, 55, 16), (7, 7), (2, 2)),
+    Layer("L6", (25, 25, 16), (5, 5), (1, 1)),
+)
+BATCHES = (1, 8, 32)
+STACK_INFERENCE_BATCH = 8
+STACK_TRAINING_BATCH = 32
+
+
+def forward_limit_ms(layers, batch, rates):
+    """Each kernel, input and output moved once, or the FLOPs at GEMM rate."""
+    moved = sum(
+        layer.kernel_bytes() + layer.activation_bytes(batch) for layer in layers
+    )
+    flops = sum(layer.flops(batch) for layer in layers)
+    return (
+        max(moved / rates["stream_bytes_per_s"], flops / rates["gemm_flops_per_s"])
+        * 1e3
+    )
+
+
+def training_limit_ms(layers, batch, rates):
+    """A training step: every kernel read twice (forward, then the input
+    gradient) and written once (the update, fused with its gradient at best),
+    activations and their gradients moved once each; 3x the forward FLOPs
+    (forward, input gradient, kernel gradient)."""
+    moved = sum(
+        3 * layer.kernel_bytes() + 2 * layer.activation_bytes(batch) for layer in layers
+    )
+    flops = 3 * sum(layer.flops(batch) for layer in layers)
+    return (
+        max(moved / rates["stream_bytes_per_s"], flops / rates["gemm_flops_per_s"])
+        * 1e3
+    )
+
+
+# --------------------------------------------------------------------------
+# The limit, measured on this backend
+# --------------------------------------------------------------------------
+
+
+def _median_ms(fn, rounds):
+    fn()
+    fn()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(samples)
+
+
+def measure_rates(backend, rounds=9):
+    """Stream rate (bytes/s) and GEMM rate (FLOP/s) of this backend here."""
+    from keras import ops
+
+    rng = np.random.default_rng(0)
+    big = ops.convert_to_tensor(
+        rng.standard_normal(LAYERS[0].kernel_bytes() // 4, dtype=np.float32)
+    )
+    square = ops.convert_to_tensor(rng.standard_normal((2048, 2048), dtype=np.float32))
+    total = _compiled(backend, lambda a: ops.sum(a))
+    product = _compiled(backend, lambda a: ops.matmul(a, a))
+    stream_ms = _median_ms(lambda: _block(backend, total(big)), rounds)
+    gemm_ms = _median_ms(lambda: _block(backend, product(square)), rounds)
+    return {
+        "stream_bytes_per_s": LAYERS[0].kernel_bytes() / (stream_ms / 1e3),
+        "gemm_flops_per_s": 2 * 2048**3 / (gemm_ms / 1e3),
+        "stream_ms": stream_ms,
+        "gemm_ms": gemm_ms,
+    }
+
+
+def _compiled(backend, fn):
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)
+    if backend == "torch":
+        import torch
+
+        def no_grad(*args):
+            with torch.no_grad():
+                return fn(*args)
+
+        return no_grad
+    return fn
+
+
+def _block(backend, value):
+    if backend == "jax":
+        import jax
+
+        return jax.block_until_ready(value)
+    if backend == "tensorflow":
+        return value.numpy()
+    return value
+
+
+# --------------------------------------------------------------------------
+# Models: this package (Keras 3) and tf.keras 2
+# --------------------------------------------------------------------------
+
+
+def _keras3_model(layers, seed=0):
+    import keras
+
+    from keras_localconn import LocallyConnected2D
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(layers[0].input_shape)
+    x = inputs
+    for layer in layers:
+        x = LocallyConnected2D(layer.filters, layer.kernel_size, strides=layer.strides)(
+            x
+        )
+    model = keras.Model(inputs, x)
+    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
+    return model
+
+
+def _keras2_model(layers, seed=0):
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(seed)
+    inputs = tf_keras.Input(layers[0].input_shape)
+    x = inputs
+    for layer in layers:
+        x = tf_keras.layers.LocallyConnected2D(
+            layer.filters, layer.kernel_size, strides=layer.strides, implementation=1
+        )(x)
+    model = tf_keras.Model(inputs, x)
+    model.compile(optimizer=tf_keras.optimizers.SGD(1e-4), loss="mse")
+    return model
+
+
+MODELS = {"ours": _keras3_model, "tf.keras 2 implementation=1": _keras2_model}
+
+
+def _data(layers, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *layers[0].input_shape), dtype=np.float32)
+    last = layers[-1]
+    y = rng.standard_normal(
+        (batch, *last.output_spatial, last.filters), dtype=np.float32
+    )
+    return x, y
+
+
+def _interleaved(steps, rounds, budget_s):
+    """Median ms per named step, rounds interleaved, after two warm-up calls."""
+    for step in steps.values():
+        step()
+        step()
+    samples = {name: [] for name in steps}
+    started = time.perf_counter()
+    for k in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            samples[name].append(time.perf_counter() - start)
+        if k >= 2 and time.perf_counter() - started > budget_s:
+            break
+    return {name: 1e3 * statistics.median(v) for name, v in samples.items()}
+
+
+def time_models(backend, rounds=9, budget_s=20.0):
+    """Every case of this module on this backend; a JSON-ready dict."""
+    rates = measure_rates(backend)
+    forward = {}
+    for layer in LAYERS:
+        for batch in BATCHES:
+            model = _keras3_model((layer,))
+            x, _ = _data((layer,), batch)
+            ms = _interleaved(
+                {"ours": lambda m=model, x=x: m.predict_on_batch(x)}, rounds, budget_s
+            )["ours"]
+            limit = forward_limit_ms((layer,), batch, rates)
+            forward[f"{layer.name} b{batch}"] = {"ours_ms": ms, "limit_ms": limit}
+            print(f"    {layer.name} batch {batch}: {ms:.1f} ms, limit {limit:.1f} ms")
+
+    stack = {}
+    ours, keras2 = _keras3_model(LAYERS), _keras2_model(LAYERS)
+    x, _ = _data(LAYERS, STACK_INFERENCE_BATCH)
+    inference = _interleaved(
+        {
+            "ours": lambda: ours.predict_on_batch(x),
+            "keras2": lambda: keras2.predict_on_batch(x),
+        },
+        rounds,
+        budget_s,
+    )
+    stack["inference"] = {
+        "batch": STACK_INFERENCE_BATCH,
+        "ours_ms": inference["ours"],
+        "keras2_ms": inference["keras2"],
+        "limit_ms": forward_limit_ms(LAYERS, STACK_INFERENCE_BATCH, rates),
+    }
+    x, y = _data(LAYERS, STACK_TRAINING_BATCH)
+    training = _interleaved(
+        {
+            "ours": lambda: ours.train_on_batch(x, y),
+            "keras2": lambda: keras2.train_on_batch(x, y),
+        },
+        rounds,
+        budget_s,
+    )
+    stack["training"] = {
+        "batch": STACK_TRAINING_BATCH,
+        "ours_ms": training["ours"],
+        "keras2_ms": training["keras2"],
+        "limit_ms": training_limit_ms(LAYERS, STACK_TRAINING_BATCH, rates),
+    }
+    print(f"    stack: {stack}")
+    return {"rates": rates, "forward": forward, "stack": stack}
+
+
+def training_step_peak_mb(model_name):
+    """Runs in a fresh subprocess: peak MB of one batch-32 training step of
+    the L4-L6 stack above what is resident before it, and the kernels' MB."""
+    from run import _proc_status_kib
+
+    model = MODELS[model_name](LAYERS)
+    x, y = _data(LAYERS, STACK_TRAINING_BATCH)
+    model.train_on_batch(x, y)
+    model.train_on_batch(x, y)
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = _proc_status_kib("VmRSS")
+    model.train_on_batch(x, y)
+    peak = _proc_status_kib("VmHWM")
+    kernels = sum(layer.kernel_bytes() for layer in LAYERS) / 2**20
+    return {"step_peak_mb": (peak - before) / 1024, "kernels_mb": kernels}
