@@ -6,18 +6,23 @@ Everything here is backend-neutral (only `keras.ops` and numpy for static
 shape arithmetic), for 1, 2 and 3 spatial dimensions, in one code path.
 
 How it computes: the input is transposed once so that its spatial axes come
-first and the batch last, ``(*spatial, channels, batch)``, and its spatial axes
-are flattened. One gather of rows, with indices computed in numpy from the
-static shapes, then yields every patch, position-major and batch last,
-``(P, K, batch)``, and a single batched
-``matmul((P, filters, K), (P, K, batch))`` contracts them with the kernel. The
-number of ops does not grow with the kernel size nor with the number of output
-positions; benchmarks/ holds the measurements behind this layout.
+first, padded, and flattened into one row per pixel. A gather of rows, with
+indices computed in numpy from the static shapes, builds the patches of a
+group of output positions, position-major, and one batched matmul contracts
+them with those positions' kernels. Small problems (and batch 1) take all
+positions in one gather and one matmul; larger ones go through the positions
+in chunks whose patches fit in a few MB, so that they stay in cache and the
+memory they need is bounded (the patches are rebuilt, not stored, for the
+backward pass). The number of ops grows neither with the kernel size nor
+with the number of positions; `_compute` and docs/performance.md give the
+measurements behind each choice.
 """
 
 import math
+from typing import NamedTuple
 
 import keras
+import numpy as np
 from keras import ops as kops
 
 from keras_localconn import _arguments, _shapes
@@ -182,11 +187,15 @@ def _local_conv(
     data_format=None,
     bias=None,
     owner="local_conv",
+    chunk=None,
+    batch_before_channels=None,
 ):
     """`local_conv`, plus an optional `(P, filters)` bias added in place.
 
     The layers pass their bias here so that it is added while the result is
-    still position-major, before the final transpose.
+    still position-major, before the final transpose. `chunk` and
+    `batch_before_channels` pick a formulation (see `_compute`); the default
+    chooses by shape and backend.
     """
     input_shape = tuple(inputs.shape)
     rank = len(input_shape) - 2
@@ -227,54 +236,176 @@ def _local_conv(
                 f"multiplies and sums. Received {name} of dtype bool; cast "
                 f"it first, e.g. keras.ops.cast({name}, 'float32')"
             )
-    return _gather_matmul(inputs, kernel, bias, geo, data_format == "channels_last")
+    return _compute(
+        inputs,
+        kernel,
+        bias,
+        geo,
+        data_format == "channels_last",
+        chunk=chunk,
+        batch_before_channels=batch_before_channels,
+    )
 
 
-def _padded_spatial_first(inputs, geo, channels_last):
+# Patches are built and contracted in chunks of output positions so that a
+# chunk's patches (positions x K x batch) stay in cache instead of making a
+# round trip to memory (at batch 32 on DeepFace's L4 all patches at once are
+# 2x the kernel's 239 MB), and so that no more than about this many bytes of
+# patches exist at once, in the forward and in the backward pass. Measured
+# (one thread, CPU time, L4): chunks are 2-4x faster from batch 8 on; at
+# batch 1 the patches are 1/filters of the kernel and one gather and one
+# matmul for all positions is fastest.
+_CHUNK_BYTES = 4 * 2**20
+_ASSUMED_BATCH = 32
+
+
+class _BackendChoice(NamedTuple):
+    batch_before_channels: bool  # input rows of (batch, channels)
+    loop_by_map: bool  # chunks through keras.ops.map, else unstack + loop
+    remat: bool  # patches rebuilt in the backward pass, not kept
+
+
+# What differs by backend, each measured on L4 at batch 8 and 32 (one thread,
+# CPU time; docs/performance.md):
+# - rows of (batch, channels), patches transposed to (c, B, K) after the
+#   gather: XLA fuses the transpose into the gather (jax 2x faster than rows
+#   of (channels, batch)); under torch the transpose is a copy (2-3x slower)
+#   and the (c, K, B) patches are read transposed by bmm in place.
+# - keras.ops.map compiles one loop body (jax.lax.map, tf.map_fn); under
+#   torch it is a Python loop that indexes the stacked kernel chunks, so its
+#   backward pass writes a kernel-sized zero gradient per chunk (26 s against
+#   2 s for a training step); unstack + a Python loop writes one in all.
+# - rematerialising the patches (keras.remat) made the training step faster
+#   and half as large on jax (0.96 s against 1.9 s) and tensorflow (3.4 s
+#   against 5.8 s); under torch it cost 30% more time for the same memory.
+_BACKEND_CHOICES = {
+    "jax": _BackendChoice(True, True, True),
+    "tensorflow": _BackendChoice(True, True, True),
+    "torch": _BackendChoice(False, False, False),
+}
+_DEFAULT_CHOICE = _BackendChoice(True, True, True)
+
+
+def _padded_spatial_first(inputs, geo, channels_last, batch_before_channels):
     """`inputs` as ``(*padded_spatial, channels, batch)``, padded per `geo`.
 
+    With `batch_before_channels`, ``(*padded_spatial, batch, channels)``.
     The one place where padding is applied: every formulation starts here.
     """
     rank = geo.rank
-    if channels_last:
-        to_spatial_first = (*range(1, rank + 1), rank + 1, 0)
-    else:
-        to_spatial_first = (*range(2, rank + 2), 1, 0)
-    x = kops.transpose(inputs, to_spatial_first)
+    spatial = range(1, rank + 1) if channels_last else range(2, rank + 2)
+    channel_axis = rank + 1 if channels_last else 1
+    trailing = (0, channel_axis) if batch_before_channels else (channel_axis, 0)
+    x = kops.transpose(inputs, (*spatial, *trailing))
     if any(lo or hi for lo, hi in geo.pads):
         x = kops.pad(x, (*geo.pads, (0, 0), (0, 0)))
     return x
 
 
-def _gather_matmul(inputs, kernel, bias, geo, channels_last):
-    rank = geo.rank
-    filters = kernel.shape[-1]
-    # (*spatial, channels, batch) with the spatial axes flattened: every
-    # input pixel is one (channels, batch) row, so a single gather of rows
-    # builds all patches at once, already laid out (P, K, batch) for the
-    # matmul. Its gradient is one scatter-add, where per-offset slices would
-    # each cost a full-size zero tensor in the backward pass (torch, TF), and
-    # batch last spares a transpose of the patches (docs/performance.md).
-    x = _padded_spatial_first(inputs, geo, channels_last)
-    # Rows of channels * batch values: merging these two axes makes torch
-    # copy the transposed input into contiguous rows, which its gather and
-    # scatter-add need to go at full speed (2x, measured in benchmarks/).
-    x = kops.reshape(x, (math.prod(geo.padded_shape), -1))
-    patches = kops.take(x, _shapes.gather_rows(geo), axis=0)  # (P * taps, C * B)
-    num_positions, patch_size = geo.num_positions, geo.patch_size
-    if channels_last:  # K ordered (offsets..., channel): already so
-        patches = kops.reshape(patches, (num_positions, patch_size, -1))
-    else:  # K ordered (channel, offsets...)
-        patches = kops.reshape(patches, (num_positions, geo.taps, geo.channels, -1))
-        patches = kops.transpose(patches, (0, 2, 1, 3))
-        patches = kops.reshape(patches, (num_positions, patch_size, -1))
+def _contract(x_rows, rows, kernel, geo, channels_last, batch_before_channels):
+    """``(c, batch, filters)`` for `c` positions: patches, then one matmul.
 
-    # (P, filters, K) @ (P, K, batch): the kernel's transpose is a view or is
-    # folded into the matmul by every backend.
-    outputs = kops.matmul(kops.transpose(kernel, (0, 2, 1)), patches)
+    `x_rows` is the padded input with one row per pixel, `rows` the ``c *
+    taps`` rows the positions read and `kernel` their ``(c, K, filters)``.
+    """
+    positions = kernel.shape[0]
+    patches = kops.take(x_rows, rows, axis=0)  # (c * taps, ...trailing)
+    if batch_before_channels:  # (c, taps, B, C) -> (c, B, K)
+        patches = kops.reshape(patches, (positions, geo.taps, -1, geo.channels))
+        order = (0, 2, 1, 3) if channels_last else (0, 2, 3, 1)
+        patches = kops.transpose(patches, order)
+        patches = kops.reshape(patches, (positions, -1, geo.patch_size))
+        return kops.matmul(patches, kernel)
+    if channels_last:  # (c, taps, C, B) is (c, K, B) already
+        patches = kops.reshape(patches, (positions, geo.patch_size, -1))
+    else:  # K ordered (channel, offsets)
+        patches = kops.reshape(patches, (positions, geo.taps, geo.channels, -1))
+        patches = kops.transpose(patches, (0, 2, 1, 3))
+        patches = kops.reshape(patches, (positions, geo.patch_size, -1))
+    return kops.matmul(kops.transpose(patches, (0, 2, 1)), kernel)
+
+
+def _chunk_positions(geo, batch, itemsize):
+    """Output positions per chunk, or None for all positions at once.
+
+    An unknown batch size (a graph traced for any batch) is taken to be 32.
+    """
+    batch = _ASSUMED_BATCH if batch is None else batch
+    per_position = geo.patch_size * batch * itemsize
+    if batch == 1 or geo.num_positions * per_position <= _CHUNK_BYTES:
+        return None
+    return max(1, min(geo.num_positions, _CHUNK_BYTES // per_position))
+
+
+def _compute(
+    inputs, kernel, bias, geo, channels_last, chunk=None, batch_before_channels=None
+):
+    """Every patch contracted with its position's kernel: ``(B, *out, F)``.
+
+    `chunk`: positions per chunk; None chooses by size (`_chunk_positions`),
+    0 forces all positions at once. `batch_before_channels`: the row layout;
+    None chooses by backend. The tests run every formulation on every backend.
+    """
+    choice = _BACKEND_CHOICES.get(keras.backend.backend(), _DEFAULT_CHOICE)
+    if batch_before_channels is None:
+        batch_before_channels = choice.batch_before_channels
+    x = _padded_spatial_first(inputs, geo, channels_last, batch_before_channels)
+    x_rows = kops.reshape(x, (math.prod(geo.padded_shape), *x.shape[-2:]))
+    if not batch_before_channels:
+        # One row of channels * batch values: torch's gather then copies
+        # whole contiguous rows (2x faster, measured in benchmarks/).
+        x_rows = kops.reshape(x_rows, (x_rows.shape[0], -1))
+    rows = _shapes.gather_rows(geo)
+    num_positions, filters = geo.num_positions, kernel.shape[-1]
+    if chunk is None:
+        itemsize = np.dtype(keras.backend.standardize_dtype(inputs.dtype)).itemsize
+        chunk = _chunk_positions(geo, inputs.shape[0], itemsize)
+    args = (geo, channels_last, batch_before_channels)
+    if not chunk or chunk >= num_positions:
+        outputs = _contract(x_rows, rows, kernel, *args)
+    else:
+        # `count` chunks of `chunk` positions, mapped over with the kernel
+        # viewed as (count, chunk, K, F) (a slice inside the loop would cost
+        # a kernel-sized gradient per chunk), then the remaining positions.
+        count = num_positions // chunk
+        covered = count * chunk
+        rows = rows.reshape(num_positions, -1)
+        kernel_chunks = kops.reshape(
+            kernel[:covered], (count, chunk, geo.patch_size, filters)
+        )
+
+        def contract(x_rows, rows_i, kernel_i):
+            return _contract(x_rows, rows_i, kernel_i, *args)
+
+        if choice.remat:
+            # The input is an argument, not a closure: TensorFlow's
+            # recompute_grad differentiates with respect to arguments only.
+            contract = keras.remat(contract)
+
+        def one_chunk(chunk_args):
+            return contract(x_rows, *chunk_args)
+
+        chunk_rows = kops.convert_to_tensor(rows[:covered].reshape(count, -1))
+        if choice.loop_by_map:
+            outputs = kops.map(one_chunk, (chunk_rows, kernel_chunks))
+        else:
+            outputs = kops.stack(
+                [
+                    one_chunk(pair)
+                    for pair in zip(
+                        kops.unstack(chunk_rows), kops.unstack(kernel_chunks)
+                    )
+                ]
+            )  # (count, chunk, B, F)
+        outputs = kops.reshape(outputs, (covered, *outputs.shape[2:]))
+        if covered < num_positions:
+            rest = _contract(x_rows, rows[covered:].ravel(), kernel[covered:], *args)
+            outputs = kops.concatenate([outputs, rest], axis=0)
+    # outputs: (P, B, F)
     if bias is not None:
-        outputs = outputs + kops.expand_dims(bias, -1)
-    outputs = kops.reshape(outputs, (*geo.output_shape, filters, -1))
-    if channels_last:
-        return kops.transpose(outputs, (rank + 1, *range(rank), rank))
-    return kops.transpose(outputs, (rank + 1, rank, *range(rank)))
+        outputs = outputs + kops.expand_dims(bias, 1)
+    if channels_last:  # (P, B, F) -> (B, P, F) -> (B, *out, F)
+        outputs = kops.transpose(outputs, (1, 0, 2))
+        return kops.reshape(outputs, (-1, *geo.output_shape, filters))
+    outputs = kops.transpose(outputs, (1, 2, 0))  # (B, F, P)
+    return kops.reshape(outputs, (-1, filters, *geo.output_shape))

@@ -1,0 +1,120 @@
+"""Every formulation of the computation against the NumPy reference.
+
+`local_conv` chooses, by shape and backend, between all positions at once and
+positions in chunks, and between two row layouts of the input; each choice
+is forced here on every backend, so that none is only tested where it is the
+default.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_localconn import ops
+from tests.autodiff import gradients, to_numpy
+from tests.reference import reference_local_conv
+from tests.test_ops import CASES, _case_id, _random_problem
+
+RTOL = ATOL = 2e-5
+
+# (positions per chunk, batch before channels); chunk 0: all at once.
+# Chunks of 1 and 3 positions: 3 leaves a last chunk that overlaps the one
+# before it whenever P is not a multiple of 3.
+FORMULATIONS = [(0, False), (0, True), (1, False), (3, False), (1, True), (3, True)]
+
+
+def _formulation_id(formulation):
+    chunk, batch_first = formulation
+    return f"chunk{chunk}-{'bc' if batch_first else 'cb'}"
+
+
+def _run(x, kernel, case, data_format, formulation, bias=None):
+    spatial, channels, kernel_size, strides, dilation, padding, batch = case
+    chunk, batch_first = formulation
+    return ops._local_conv(
+        x,
+        kernel,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation,
+        data_format=data_format,
+        bias=bias,
+        chunk=chunk,
+        batch_before_channels=batch_first,
+    )
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("case", CASES[::2] + CASES[-7:], ids=_case_id)
+def test_every_formulation_equals_numpy_reference(case, data_format, formulation):
+    spatial, channels, kernel_size, strides, dilation, padding, batch = case
+    x, kernel, out, filters = _random_problem(case, data_format)
+    bias = np.random.default_rng(3).normal(size=(math.prod(out), filters))
+    bias = bias.astype("float32")
+    y = _run(x, kernel, case, data_format, formulation, bias=bias)
+    expected = reference_local_conv(
+        x, kernel, kernel_size, strides, dilation, padding, data_format
+    )
+    # The bias is one value per (output position, filter).
+    per_position = bias.reshape(*out, filters)
+    if data_format == "channels_first":
+        per_position = np.moveaxis(per_position, -1, 0)
+    expected = expected + per_position
+    assert tuple(y.shape) == expected.shape
+    np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("formulation", FORMULATIONS[1:], ids=_formulation_id)
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("case", CASES[1::9], ids=_case_id)
+def test_every_formulation_has_the_reference_gradients(case, data_format, formulation):
+    """Directional derivatives, as in test_ops, through each formulation."""
+    spatial, channels, kernel_size, strides, dilation, padding, batch = case
+    x, kernel, out, filters = _random_problem(case, data_format)
+    rng = np.random.default_rng(11)
+    ref = dict(
+        kernel_size=kernel_size,
+        strides=strides,
+        dilation=dilation,
+        padding=padding,
+        data_format=data_format,
+    )
+    cotangent = rng.normal(size=reference_local_conv(x, kernel, **ref).shape)
+    cotangent = cotangent.astype("float32")
+
+    def loss(inputs, weights):
+        outputs = _run(inputs, weights, case, data_format, formulation)
+        return keras.ops.sum(outputs * keras.ops.convert_to_tensor(cotangent))
+
+    grad_x, grad_kernel = gradients(loss, x, kernel)
+    v = rng.normal(size=x.shape)
+    u = rng.normal(size=kernel.shape)
+    np.testing.assert_allclose(
+        np.sum(grad_x * v),
+        np.sum(cotangent * reference_local_conv(v, kernel, **ref)),
+        rtol=1e-4,
+        atol=1e-3,
+    )
+    np.testing.assert_allclose(
+        np.sum(grad_kernel * u),
+        np.sum(cotangent * reference_local_conv(x, u, **ref)),
+        rtol=1e-4,
+        atol=1e-3,
+    )
+
+
+def test_chunks_bound_the_patch_bytes_and_batch_one_is_never_chunked():
+    geo = ops._geometry((63, 63), 16, (9, 9), 1, "valid", 1, "test")
+    assert ops._chunk_positions(geo, 1, 4) is None
+    per_position = geo.patch_size * 32 * 4
+    chunk = ops._chunk_positions(geo, 32, 4)
+    assert 1 <= chunk < geo.num_positions
+    assert chunk * per_position <= ops._CHUNK_BYTES
+    # A small problem is done in one piece, whatever the batch.
+    small = ops._geometry((8, 8), 2, (3, 3), 1, "valid", 1, "test")
+    assert ops._chunk_positions(small, 64, 4) is None
