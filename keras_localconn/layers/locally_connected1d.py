@@ -17,10 +17,15 @@ class LocallyConnected1D(BaseLocallyConnected):
         kernel_size: int or tuple of 1 ints, the size of the receptive field.
         strides: int or tuple of 1 ints, the stride of the window. A stride
             above 1 cannot be combined with a `dilation_rate` above 1 on one axis.
-        padding: `"valid"`, `"same"` or `"causal"`, case-insensitive. Output sizes and
-            the split of `"same"` padding equal those of `keras.layers.Conv1D`.
+        padding: `"valid"`, `"same"`, `"causal"` or `"circular"`,
+            case-insensitive, or explicit zero padding. Output sizes and the
+            split of `"same"` padding equal those of `keras.layers.Conv1D`.
             `"causal"` pads `(kernel_size - 1) * dilation_rate` zeros
             on the left, so that output `t` sees no input after `t`.
+            `"circular"` pads as `"same"` does, with values from the opposite
+            edge (a periodic boundary; pads wider than the axis wrap again).
+            Explicit zero padding is an int (both sides) or a
+            `(before, after)` pair, as `keras.layers.ZeroPadding1D` takes it.
         data_format: `"channels_last"` (inputs `(batch, steps, channels)`)
             or `"channels_first"` (inputs `(batch, channels, steps)`).
             None means `keras.config.image_data_format()`.
