@@ -9,7 +9,10 @@ are the averages over output positions (exact when they are all equal).
 
 Untying chosen layers of a trained model, keeping its outputs:
 `keras.models.clone_model` rebuilds the model, `clone_function` replaces the
-chosen convolutions, and the other layers get their trained weights back.
+chosen convolutions (`from_conv` keeps their names), and the other layers,
+which `clone_model` creates afresh, get their trained weights back.
+
+Example:
 
 >>> import numpy as np
 >>> import keras

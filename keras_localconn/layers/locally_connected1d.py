@@ -86,6 +86,16 @@ class LocallyConnected1D(BaseLocallyConnected):
     49664
     >>> model.predict(np.zeros((2, 10, 32)), verbose=0).shape
     (2, 8, 64)
+    >>> # A periodic signal: "circular" pads with the opposite end.
+    >>> layer = LocallyConnected1D(
+    ...     1, 3, padding="circular", kernel_initializer="ones", use_bias=False
+    ... )
+    >>> x = np.arange(5, dtype="float32").reshape(1, 5, 1)  # 0, 1, 2, 3, 4
+    >>> keras.ops.convert_to_numpy(layer(x))[0, :, 0].tolist()  # 4+0+1, ...
+    [5.0, 3.0, 6.0, 9.0, 7.0]
+    >>> # Explicit zero padding, as ZeroPadding1D takes it: 2 before, 0 after.
+    >>> LocallyConnected1D(4, 3, padding=(2, 0)).compute_output_shape((None, 5, 1))
+    (None, 5, 4)
     """
 
     def __init__(

@@ -86,6 +86,15 @@ class LocallyConnected2D(BaseLocallyConnected):
     1612800
     >>> model.predict(np.zeros((2, 32, 32, 3)), verbose=0).shape
     (2, 30, 30, 64)
+    >>> # Explicit zero padding, as ZeroPadding2D takes it: ((top, bottom),
+    >>> # (left, right)); or "circular" for a grid that wraps around.
+    >>> layer = LocallyConnected2D(8, 3, padding=((1, 1), (0, 2)))
+    >>> layer.compute_output_shape((None, 32, 32, 3))
+    (None, 32, 32, 8)
+    >>> LocallyConnected2D(8, 3, padding="circular").output_spatial_shape(
+    ...     (None, 32, 64, 3)
+    ... )
+    (32, 64)
     """
 
     def __init__(
