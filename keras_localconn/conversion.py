@@ -121,10 +121,10 @@ def from_conv(conv_layer, input_shape=None):
     >>> import keras_localconn
     >>> conv = keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2)
     >>> local = keras_localconn.from_conv(conv, input_shape=(10, 2))
-    >>> local.kernel.shape  # 10 positions, 3 taps x 2 channels, 4 filters
+    >>> tuple(local.kernel.shape)  # 10 positions, 3 taps x 2 channels, 4 filters
     (10, 6, 4)
     >>> x = np.random.default_rng(0).normal(size=(1, 10, 2))
-    >>> bool(np.allclose(local(x), conv(x), atol=1e-5))
+    >>> bool(keras.ops.all(keras.ops.isclose(local(x), conv(x), atol=1e-5)))
     True
     """
     rank = _conv_rank(conv_layer)
@@ -186,16 +186,17 @@ def to_conv(lc_layer):
     Example:
 
     >>> import numpy as np
+    >>> import keras
     >>> import keras_localconn
     >>> local = keras_localconn.LocallyConnected2D(4, 3, padding="same")
     >>> local.build((None, 6, 6, 2))
     >>> tied = np.random.default_rng(0).normal(size=(1, 3 * 3 * 2, 4))
     >>> local.set_weights([np.repeat(tied, 36, axis=0), np.zeros((6, 6, 4))])
     >>> conv = keras_localconn.to_conv(local)
-    >>> type(conv).__name__, conv.kernel.shape, conv.padding
+    >>> type(conv).__name__, tuple(conv.kernel.shape), conv.padding
     ('Conv2D', (3, 3, 2, 4), 'same')
     >>> x = np.random.default_rng(0).normal(size=(1, 6, 6, 2))
-    >>> bool(np.allclose(conv(x), local(x), atol=1e-5))
+    >>> bool(keras.ops.all(keras.ops.isclose(conv(x), local(x), atol=1e-5)))
     True
     """
     if not isinstance(lc_layer, BaseLocallyConnected):
