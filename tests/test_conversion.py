@@ -332,3 +332,17 @@ def test_untied_positions_learn_apart():
     untied.fit(x, rng.normal(size=(8, 1)), epochs=1, batch_size=8, verbose=0)
     kernel = to_numpy(untied.get_layer("c2").kernel)
     assert not np.allclose(kernel[0], kernel[-1])  # no longer one shared kernel
+
+
+def test_from_conv_keeps_a_mixed_precision_policy():
+    conv = _trained_looking_conv(CASES[5], "channels_last", dtype="mixed_float16")
+    local = from_conv(conv)
+    assert local.dtype_policy.name == "mixed_float16"
+    assert local.kernel.dtype == "float32" and local.compute_dtype == "float16"
+    x = _inputs(CASES[5], "channels_last")
+    np.testing.assert_allclose(
+        to_numpy(local(x)).astype("float32"),
+        _conv_outputs(conv, x).astype("float32"),
+        rtol=1e-2,
+        atol=2e-2,
+    )
