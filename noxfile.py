@@ -148,3 +148,10 @@ def keras3_fixtures(session, backend):
     session.run(
         "python", "integration/keras3_models.py", "save", "integration/keras3_fixtures"
     )
+    session.run(
+        "python",
+        "-m",
+        "integration.padding_models",
+        "save",
+        "integration/keras3_fixtures",
+    )

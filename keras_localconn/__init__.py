@@ -1,11 +1,13 @@
 """keras-localconn: locally connected layers for Keras 3, on every backend.
 
 >>> import keras_localconn
->>> sorted(keras_localconn.__all__)
-['LocallyConnected1D', 'LocallyConnected2D', 'LocallyConnected3D', 'legacy', 'ops']
+>>> sorted(keras_localconn.__all__)  # doctest: +NORMALIZE_WHITESPACE
+['LocallyConnected1D', 'LocallyConnected2D', 'LocallyConnected3D',
+ 'from_conv', 'legacy', 'ops', 'to_conv']
 """
 
 from keras_localconn import ops
+from keras_localconn.conversion import from_conv, to_conv
 from keras_localconn.layers import (
     LocallyConnected1D,
     LocallyConnected2D,
@@ -18,8 +20,10 @@ __all__ = [
     "LocallyConnected1D",
     "LocallyConnected2D",
     "LocallyConnected3D",
+    "from_conv",
     "legacy",
     "ops",
+    "to_conv",
 ]
 
 

@@ -8,7 +8,7 @@ received the argument), quotes the value received and says what is allowed.
 import keras
 import numpy as np
 
-PADDINGS = ("valid", "same", "causal")
+PADDINGS = ("valid", "same", "causal", "circular")
 DATA_FORMATS = ("channels_last", "channels_first")
 
 
@@ -54,15 +54,66 @@ def normalize_tuple(value, rank, name, owner):
 
 
 def normalize_padding(padding, rank, owner):
-    """Lower-cased padding name, checked against what `rank` allows."""
-    allowed = PADDINGS if rank == 1 else PADDINGS[:2]
-    if not isinstance(padding, str) or padding.lower() not in allowed:
+    """`padding` as a lower-cased name or as `rank` ``(before, after)`` pairs.
+
+    Names: ``"valid"``, ``"same"``, ``"circular"`` and (1D) ``"causal"``,
+    case-insensitive. Anything else that is not a string is explicit zero
+    padding, taken the way `keras.layers.ZeroPadding*D` takes it: an int (the
+    same on every side), a tuple of `rank` ints (symmetric per axis), a tuple
+    of `rank` ``(before, after)`` pairs or, in 1D, one ``(before, after)``
+    pair; lists are accepted too (a JSON config turns tuples into lists).
+    Explicit padding is returned as a tuple of `rank` pairs of ints, which is
+    hashable (the shape caches key on it) and serialises in `get_config`.
+    """
+    if isinstance(padding, str):
+        allowed = tuple(p for p in PADDINGS if rank == 1 or p != "causal")
+        if padding.lower() not in allowed:
+            raise ValueError(
+                f"{owner}: `padding` must be one of {allowed} "
+                f"({'causal only for 1D; ' if rank > 1 else ''}case-insensitive) "
+                f"or explicit zero padding: an int, a tuple of {rank} int(s) or "
+                f"a tuple of {rank} (before, after) pair(s). "
+                f"Received: padding={padding!r}"
+            )
+        return padding.lower()
+    return _explicit_padding(padding, rank, owner)
+
+
+def _explicit_padding(padding, rank, owner):
+    def refuse(why):
         raise ValueError(
-            f"{owner}: `padding` must be one of {allowed} "
-            f"({'causal only for 1D; ' if rank > 1 else ''}case-insensitive). "
-            f"Received: padding={padding!r}"
+            f"{owner}: explicit `padding` must be an int, a tuple of {rank} "
+            f"int(s) or a tuple of {rank} (before, after) pair(s) of "
+            f"non-negative ints, the way keras.layers.ZeroPadding{rank}D takes "
+            f"it ({why}). Received: padding={padding!r}"
         )
-    return padding.lower()
+
+    if _is_int(padding):
+        pairs = ((padding, padding),) * rank
+    elif isinstance(padding, (tuple, list)):
+        items = tuple(padding)
+        if rank == 1 and len(items) == 2 and all(_is_int(v) for v in items):
+            items = (items,)  # ZeroPadding1D's (before, after)
+        if len(items) != rank:
+            refuse(f"one entry per spatial dimension, {len(items)} given")
+        pairs = []
+        for item in items:
+            if _is_int(item):
+                pairs.append((item, item))
+            elif (
+                isinstance(item, (tuple, list))
+                and len(item) == 2
+                and all(_is_int(v) for v in item)
+            ):
+                pairs.append(tuple(item))
+            else:
+                refuse(f"entry {item!r} is neither an int nor a pair of ints")
+        pairs = tuple(pairs)
+    else:
+        refuse(f"got a {type(padding).__name__}")
+    if any(v < 0 for pair in pairs for v in pair):
+        refuse("negative padding would crop; use keras.layers.Cropping layers")
+    return tuple((int(before), int(after)) for before, after in pairs)
 
 
 def normalize_data_format(data_format, owner):

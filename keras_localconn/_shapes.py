@@ -1,8 +1,9 @@
 """Static shape arithmetic of a local convolution: the one home of the formulas.
 
 Pure functions of Python ints (no tensors): how an input shape splits into
-spatial axes and channels, the zero padding Keras' `Conv` applies, the output
-sizes, the kernel shape, and the rows a gather reads to build the patches.
+spatial axes and channels, the padding (Keras' `Conv` amounts, or explicit)
+and what fills it, the output sizes, the kernel shape, and the rows a gather
+reads to build the patches.
 """
 
 import dataclasses
@@ -21,16 +22,20 @@ def split_input_shape(input_shape, data_format):
 
 
 def padding_amounts(spatial_shape, kernel_size, strides, padding, dilation_rate):
-    """Per-axis ``(before, after)`` zero padding, the way Keras' `Conv` pads.
+    """Per-axis ``(before, after)`` padding, the way Keras' `Conv` pads.
 
-    ``valid``: none. ``same``: output length ``ceil(n / stride)``, with the
-    total padding split as Keras/TensorFlow/XLA do (the smaller half before).
-    ``causal``: ``(kernel_size - 1) * dilation`` before, none after.
+    ``valid``: none. ``same`` and ``circular``: output length
+    ``ceil(n / stride)``, with the total padding split as Keras/TensorFlow/XLA
+    do (the smaller half before). ``causal``: ``(kernel_size - 1) * dilation``
+    before, none after. Explicit padding (a tuple of ``(before, after)``
+    pairs, as `_arguments.normalize_padding` returns it): itself.
     """
+    if not isinstance(padding, str):
+        return tuple(padding)
     pads = []
     for n, k, s, d in zip(spatial_shape, kernel_size, strides, dilation_rate):
         effective = (k - 1) * d + 1
-        if padding == "same":
+        if padding in ("same", "circular"):
             out = -(-n // s)
             total = max((out - 1) * s + effective - n, 0)
             pads.append((total // 2, total - total // 2))
@@ -39,6 +44,11 @@ def padding_amounts(spatial_shape, kernel_size, strides, padding, dilation_rate)
         else:
             pads.append((0, 0))
     return tuple(pads)
+
+
+def pad_mode(padding):
+    """What fills the padding: ``"circular"`` (the opposite edge) or ``"zeros"``."""
+    return "circular" if padding == "circular" else "zeros"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +62,9 @@ class Geometry:
     dilation_rate: tuple
     pads: tuple
     output_shape: tuple
+    # "zeros", or "circular": the padding repeats the input periodically
+    # (index i of a padded axis reads input index (i - before) mod n).
+    pad_mode: str = "zeros"
 
     @property
     def rank(self):
@@ -95,9 +108,9 @@ def geometry(
             raise ValueError(
                 f"{owner}: spatial dimension {axis} of the output would be "
                 f"{length} (input size {n}, kernel_size {k}, dilation_rate {d}, "
-                f"strides {s}, padding '{padding}'). The input is too small for "
-                f"the kernel; use a larger input, a smaller kernel or "
-                f"padding='same'."
+                f"strides {s}, padding {padding!r}). The input is too small for "
+                f"the kernel; use a larger input, a smaller kernel or more "
+                f"padding (e.g. padding='same')."
             )
         output_shape.append(length)
     return Geometry(
@@ -108,6 +121,7 @@ def geometry(
         tuple(dilation_rate),
         pads,
         tuple(output_shape),
+        pad_mode(padding),
     )
 
 

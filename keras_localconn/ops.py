@@ -61,12 +61,15 @@ def _geometry(
 def local_conv_padding(
     spatial_shape, kernel_size, strides=1, padding="valid", dilation_rate=1
 ):
-    """Per-axis ``(before, after)`` zero padding that `local_conv` applies.
+    """Per-axis ``(before, after)`` padding that `local_conv` applies.
 
     ``"valid"``: none. ``"same"``: output length ``ceil(n / stride)``, with
     the total padding split as `keras.layers.Conv*D` split it (the smaller
-    half before). ``"causal"`` (1D): ``(kernel_size - 1) * dilation_rate``
-    before, none after.
+    half before). ``"circular"``: the amounts of ``"same"`` (filled from the
+    opposite edge rather than with zeros). ``"causal"`` (1D):
+    ``(kernel_size - 1) * dilation_rate`` before, none after. Explicit
+    padding (an int, N ints or N ``(before, after)`` pairs, as
+    `keras.layers.ZeroPadding*D` takes it) is returned as pairs.
 
     >>> from keras_localconn.ops import local_conv_padding
     >>> local_conv_padding((6, 5), kernel_size=3, strides=2, padding="same")
@@ -147,9 +150,17 @@ def local_conv(
             ``LocallyConnected*D(implementation=1)``.
         kernel_size: int or tuple of N ints, the receptive field size.
         strides: int or tuple of N ints. Defaults to 1.
-        padding: ``"valid"``, ``"same"`` or (1D only) ``"causal"``,
-            case-insensitive. Output sizes and the split of ``same`` padding
-            are those of `keras.layers.Conv*D`.
+        padding: ``"valid"``, ``"same"``, ``"circular"``, (1D only)
+            ``"causal"``, case-insensitive, or explicit zero padding. Output
+            sizes and the split of ``same`` padding are those of
+            `keras.layers.Conv*D`. ``"circular"`` pads as ``"same"`` does but
+            with values from the opposite edge (a periodic boundary, as on a
+            longitude grid; pads larger than the axis wrap around again).
+            Explicit zero padding is given the way
+            `keras.layers.ZeroPadding2D` takes it: an int (every side), a
+            tuple of N ints (symmetric per axis) or a tuple of N
+            ``(before, after)`` pairs; in 1D also one ``(before, after)``
+            pair, as `keras.layers.ZeroPadding1D` takes it.
         dilation_rate: int or tuple of N ints. Defaults to 1. Strides > 1 and
             dilation > 1 cannot be combined on one axis.
         data_format: ``"channels_last"``, ``"channels_first"`` or None
@@ -221,7 +232,7 @@ def _local_conv(
             f"{owner}: `kernel` must have shape (P, K, filters) = "
             f"({geo.num_positions}, {geo.patch_size}, filters) for inputs of "
             f"shape {input_shape}, kernel_size={geo.kernel_size}, "
-            f"strides={geo.strides}, padding='{padding}', "
+            f"strides={geo.strides}, padding={padding!r}, "
             f"dilation_rate={geo.dilation_rate} (P = prod of output shape "
             f"{geo.output_shape}, K = prod(kernel_size) * {channels} channels). "
             f"Received kernel of shape {kernel_shape}"
@@ -297,8 +308,17 @@ def _padded_spatial_first(inputs, geo, channels_last, batch_before_channels):
     channel_axis = rank + 1 if channels_last else 1
     trailing = (0, channel_axis) if batch_before_channels else (channel_axis, 0)
     x = kops.transpose(inputs, (*spatial, *trailing))
-    if any(lo or hi for lo, hi in geo.pads):
-        x = kops.pad(x, (*geo.pads, (0, 0), (0, 0)))
+    if not any(lo or hi for lo, hi in geo.pads):
+        return x
+    if geo.pad_mode == "zeros":
+        return kops.pad(x, (*geo.pads, (0, 0), (0, 0)))
+    # Circular: one gather per padded axis, of indices wrapped in numpy (any
+    # pad size, the input repeating periodically); keras.ops.pad's "wrap"
+    # mode is not available on every backend.
+    for axis, (n, (lo, hi)) in enumerate(zip(geo.spatial_shape, geo.pads)):
+        if lo or hi:
+            wrapped = (np.arange(-lo, n + hi) % n).astype("int32")
+            x = kops.take(x, wrapped, axis=axis)
     return x
 
 

@@ -19,11 +19,18 @@ def same_padding(n, k, s, d):
 
 
 def reference_padding(spatial, kernel_size, strides, dilation, padding):
+    """Per-axis (before, after); `padding` a name or N (before, after) pairs.
+
+    "circular" takes the amounts of "same" (what fills them differs).
+    """
+    if not isinstance(padding, str):
+        assert len(padding) == len(spatial), padding
+        return [tuple(pair) for pair in padding]
     pads = []
     for n, k, s, d in zip(spatial, kernel_size, strides, dilation):
         if padding == "valid":
             pads.append((0, 0))
-        elif padding == "same":
+        elif padding in ("same", "circular"):
             pads.append(same_padding(n, k, s, d))
         elif padding == "causal":
             pads.append(((k - 1) * d, 0))
@@ -44,6 +51,10 @@ def reference_local_conv(
     x, kernel, kernel_size, strides, dilation, padding, data_format, bias=None
 ):
     """y[b, o, f] = sum_{offset, c} x[b, o*s - pad + offset*d, c] * W[p, k, f].
+
+    `x` reads as zero outside the input, or, with padding "circular", at the
+    coordinate modulo the input size. `padding` is a name or explicit
+    (before, after) pairs.
 
     `kernel` is (P, K, F) with K ordered (offsets..., channel) for
     channels_last and (channel, offsets...) for channels_first; `bias` is
@@ -66,7 +77,9 @@ def reference_local_conv(
                     out_pos, strides, pads, offset, dilation
                 )
             )
-            if any(c < 0 or c >= n for c, n in zip(coords, spatial)):
+            if padding == "circular":  # periodic: the opposite edge
+                coords = tuple(c % n for c, n in zip(coords, spatial))
+            elif any(c < 0 or c >= n for c, n in zip(coords, spatial)):
                 continue  # zero padding
             offset_index = int(np.ravel_multi_index(offset, kernel_size))
             for c in range(channels):

@@ -16,6 +16,7 @@ from keras_localconn import ops
 from tests.autodiff import gradients, to_numpy
 from tests.reference import reference_local_conv
 from tests.test_ops import CASES, _case_id, _random_problem
+from tests.test_padding_modes import CASES as PADDING_CASES
 
 RTOL = ATOL = 2e-5
 
@@ -118,3 +119,33 @@ def test_chunks_bound_the_patch_bytes_and_batch_one_is_never_chunked():
     # A small problem is done in one piece, whatever the batch.
     small = ops._geometry((8, 8), 2, (3, 3), 1, "valid", 1, "test")
     assert ops._chunk_positions(small, 64, 4) is None
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("case", PADDING_CASES[::3], ids=str)
+def test_every_formulation_with_circular_or_explicit_padding(
+    case, data_format, formulation
+):
+    spatial, channels, kernel_size, strides, dilation, padding, ref_padding = case
+    rng = np.random.default_rng(5)
+    shape = (
+        (2, *spatial, channels)
+        if data_format == "channels_last"
+        else (2, channels, *spatial)
+    )
+    x = rng.normal(size=shape).astype("float32")
+    out = ops.local_conv_output_shape(spatial, kernel_size, strides, padding, dilation)
+    kernel = rng.normal(size=(math.prod(out), math.prod(kernel_size) * channels, 3))
+    kernel = kernel.astype("float32")
+    y = _run(
+        x,
+        kernel,
+        (spatial, channels, kernel_size, strides, dilation, padding, 2),
+        data_format,
+        formulation,
+    )
+    expected = reference_local_conv(
+        x, kernel, kernel_size, strides, dilation, ref_padding, data_format
+    )
+    np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)

@@ -296,7 +296,10 @@ def test_kernel_of_wrong_shape_is_a_value_error_stating_expected_and_received():
         (dict(strides=(1, -1)), r"`strides`.*positive"),
         (dict(dilation_rate=0), r"`dilation_rate`.*positive"),
         (dict(strides=2, dilation_rate=2), r"`strides` > 1 is not compatible"),
-        (dict(padding="full"), r"`padding` must be one of \('valid', 'same'\)"),
+        (
+            dict(padding="full"),
+            r"`padding` must be one of \('valid', 'same', 'circular'\)",
+        ),
         (dict(padding="causal"), r"causal only for 1D"),
         (dict(data_format="NHWC"), r"`data_format` must be one of"),
         (dict(kernel_size=9), r"spatial dimension 0 of the output would be 0"),

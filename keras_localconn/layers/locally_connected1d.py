@@ -17,10 +17,15 @@ class LocallyConnected1D(BaseLocallyConnected):
         kernel_size: int or tuple of 1 ints, the size of the receptive field.
         strides: int or tuple of 1 ints, the stride of the window. A stride
             above 1 cannot be combined with a `dilation_rate` above 1 on one axis.
-        padding: `"valid"`, `"same"` or `"causal"`, case-insensitive. Output sizes and
-            the split of `"same"` padding equal those of `keras.layers.Conv1D`.
+        padding: `"valid"`, `"same"`, `"causal"` or `"circular"`,
+            case-insensitive, or explicit zero padding. Output sizes and the
+            split of `"same"` padding equal those of `keras.layers.Conv1D`.
             `"causal"` pads `(kernel_size - 1) * dilation_rate` zeros
             on the left, so that output `t` sees no input after `t`.
+            `"circular"` pads as `"same"` does, with values from the opposite
+            edge (a periodic boundary; pads wider than the axis wrap again).
+            Explicit zero padding is an int (both sides) or a
+            `(before, after)` pair, as `keras.layers.ZeroPadding1D` takes it.
         data_format: `"channels_last"` (inputs `(batch, steps, channels)`)
             or `"channels_first"` (inputs `(batch, channels, steps)`).
             None means `keras.config.image_data_format()`.
@@ -81,6 +86,16 @@ class LocallyConnected1D(BaseLocallyConnected):
     49664
     >>> model.predict(np.zeros((2, 10, 32)), verbose=0).shape
     (2, 8, 64)
+    >>> # A periodic signal: "circular" pads with the opposite end.
+    >>> layer = LocallyConnected1D(
+    ...     1, 3, padding="circular", kernel_initializer="ones", use_bias=False
+    ... )
+    >>> x = np.arange(5, dtype="float32").reshape(1, 5, 1)  # 0, 1, 2, 3, 4
+    >>> keras.ops.convert_to_numpy(layer(x))[0, :, 0].tolist()  # 4+0+1, ...
+    [5.0, 3.0, 6.0, 9.0, 7.0]
+    >>> # Explicit zero padding, as ZeroPadding1D takes it: 2 before, 0 after.
+    >>> LocallyConnected1D(4, 3, padding=(2, 0)).compute_output_shape((None, 5, 1))
+    (None, 5, 4)
     """
 
     def __init__(

@@ -18,8 +18,14 @@ class LocallyConnected2D(BaseLocallyConnected):
         kernel_size: int or tuple of 2 ints, the size of the receptive field.
         strides: int or tuple of 2 ints, the stride of the window. A stride
             above 1 cannot be combined with a `dilation_rate` above 1 on one axis.
-        padding: `"valid"` or `"same"`, case-insensitive. Output sizes and
-            the split of `"same"` padding equal those of `keras.layers.Conv2D`.
+        padding: `"valid"`, `"same"` or `"circular"`, case-insensitive, or
+            explicit zero padding. Output sizes and the split of `"same"`
+            padding equal those of `keras.layers.Conv2D`.
+            `"circular"` pads as `"same"` does, with values from the opposite
+            edge (a periodic boundary; pads wider than the axis wrap again).
+            Explicit zero padding is taken as `keras.layers.ZeroPadding2D`
+            takes it: an int (every side), a tuple of 2 ints (symmetric per
+            axis) or `((top, bottom), (left, right))`.
         data_format: `"channels_last"` (inputs `(batch, rows, cols, channels)`)
             or `"channels_first"` (inputs `(batch, channels, rows, cols)`).
             None means `keras.config.image_data_format()`.
@@ -80,6 +86,15 @@ class LocallyConnected2D(BaseLocallyConnected):
     1612800
     >>> model.predict(np.zeros((2, 32, 32, 3)), verbose=0).shape
     (2, 30, 30, 64)
+    >>> # Explicit zero padding, as ZeroPadding2D takes it: ((top, bottom),
+    >>> # (left, right)); or "circular" for a grid that wraps around.
+    >>> layer = LocallyConnected2D(8, 3, padding=((1, 1), (0, 2)))
+    >>> layer.compute_output_shape((None, 32, 32, 3))
+    (None, 32, 32, 8)
+    >>> LocallyConnected2D(8, 3, padding="circular").output_spatial_shape(
+    ...     (None, 32, 64, 3)
+    ... )
+    (32, 64)
     """
 
     def __init__(

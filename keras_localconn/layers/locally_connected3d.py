@@ -19,8 +19,14 @@ class LocallyConnected3D(BaseLocallyConnected):
         kernel_size: int or tuple of 3 ints, the size of the receptive field.
         strides: int or tuple of 3 ints, the stride of the window. A stride
             above 1 cannot be combined with a `dilation_rate` above 1 on one axis.
-        padding: `"valid"` or `"same"`, case-insensitive. Output sizes and
-            the split of `"same"` padding equal those of `keras.layers.Conv3D`.
+        padding: `"valid"`, `"same"` or `"circular"`, case-insensitive, or
+            explicit zero padding. Output sizes and the split of `"same"`
+            padding equal those of `keras.layers.Conv3D`.
+            `"circular"` pads as `"same"` does, with values from the opposite
+            edge (a periodic boundary; pads wider than the axis wrap again).
+            Explicit zero padding is taken as `keras.layers.ZeroPadding3D`
+            takes it: an int (every side), a tuple of 3 ints (symmetric per
+            axis) or a tuple of 3 `(before, after)` pairs.
         data_format: `"channels_last"` (inputs `(batch, dim1, dim2, dim3, channels)`)
             or `"channels_first"` (inputs `(batch, channels, dim1, dim2, dim3)`).
             None means `keras.config.image_data_format()`.
