@@ -1,0 +1,112 @@
+"""DeepFace, ported to Keras 3 by changing one import, gives the same embeddings.
+
+deepface builds its DeepFace network in tf.keras with three
+`LocallyConnected2D` layers and loads the published Keras 2 weights file with
+Keras' own `model.load_weights`. Here tf-keras builds it at its real sizes
+(L4's kernel alone is 239 MB) with random weights and writes the weights file,
+the full model and the F7 embeddings of a few faces; the same code then
+builds it in Keras 3 with `keras_localconn.LocallyConnected2D`, and each way of
+loading must give the embeddings tf-keras computed.
+
+tf-keras writes the files in a subprocess, which also keeps its 550 MB model
+out of this process. It is installed in the tensorflow test session and in
+every `nox -s export` session, so the port is checked under each backend.
+"""
+
+import gc
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from integration import deepface
+from keras_localconn import LocallyConnected2D, legacy
+
+pytest.importorskip(
+    "tf_keras", reason="tf-keras writes the Keras 2 files (nox -s export has it)"
+)
+
+SCRIPT = pathlib.Path(deepface.__file__)
+# float32 through eight layers, summed in another order than tf-keras did.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def keras2_files(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("deepface")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=SCRIPT.parent.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def keras2_embeddings(keras2_files):
+    data = np.load(keras2_files / "embeddings.npz")
+    return data["inputs"], data["f7"]
+
+
+@pytest.fixture(autouse=True)
+def _free_the_models():
+    # Each Keras 3 DeepFace holds 550 MB of weights.
+    yield
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def relative_error(got, expected):
+    """Largest absolute difference, relative to the largest expected value."""
+    got = keras.ops.convert_to_numpy(got)
+    return float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
+
+
+def test_keras2_embeddings_are_not_degenerate(keras2_embeddings):
+    _, f7 = keras2_embeddings
+    assert f7.shape == (4, 4096)
+    # ReLU embeddings with a good share of active units, distinct per face.
+    assert 0.1 < np.mean(f7 > 0) < 0.9
+    assert np.abs(f7[0] - f7[1]).max() > 1e-2 * np.abs(f7).max()
+
+
+def test_deepface_code_with_its_import_changed_loads_the_weights_file(
+    keras2_files, keras2_embeddings
+):
+    """deepface's own path: build the model, then `model.load_weights(h5)`."""
+    inputs, expected = keras2_embeddings
+    base_model = deepface.build(keras, LocallyConnected2D)
+    base_model.load_weights(keras2_files / "weights.h5")
+
+    f7 = deepface.embedding_model(keras, base_model).predict(inputs, verbose=0)
+
+    assert relative_error(f7, expected) < TOLERANCE
+
+
+def test_legacy_load_weights_loads_the_weights_file(keras2_files, keras2_embeddings):
+    inputs, expected = keras2_embeddings
+    base_model = deepface.build(keras, LocallyConnected2D)
+    legacy.load_weights(base_model, keras2_files / "weights.h5")
+
+    f7 = deepface.embedding_model(keras, base_model).predict(inputs, verbose=0)
+
+    assert relative_error(f7, expected) < TOLERANCE
+
+
+def test_legacy_load_model_loads_the_full_model(keras2_files, keras2_embeddings):
+    inputs, expected = keras2_embeddings
+    base_model = legacy.load_model(keras2_files / "model.h5")
+
+    assert [layer.name for layer in base_model.layers] == [
+        "C1", "M2", "C3", "L4", "L5", "L6", "F0", "F7", "D0", "F8"
+    ]  # fmt: skip
+    assert isinstance(base_model.get_layer("L4"), LocallyConnected2D)
+    f7 = deepface.embedding_model(keras, base_model).predict(inputs, verbose=0)
+
+    assert relative_error(f7, expected) < TOLERANCE
