@@ -1,7 +1,8 @@
 """Small models holding locally connected layers, for the export tests.
 
 Between them they cover the three ranks, strides, `same`/`causal` padding,
-dilation, `channels_first` and a bias and activation on every layer.
+dilation, `channels_first`, biases and activations. Every weight, biases
+included, is random: a zero bias would let an exporter drop the addition.
 """
 
 import keras
@@ -15,14 +16,14 @@ def sequence_model():
     x = LocallyConnected1D(6, 3, strides=2, activation="relu")(inputs)
     x = LocallyConnected1D(4, 2, padding="causal")(x)
     outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))
-    return keras.Model(inputs, outputs)
+    return with_random_weights(keras.Model(inputs, outputs))
 
 
 def dilated_causal_sequence_model():
     inputs = keras.Input((10, 2))
     x = LocallyConnected1D(4, 3, padding="causal", dilation_rate=2)(inputs)
     x = LocallyConnected1D(3, 2, padding="same", activation="tanh")(x)
-    return keras.Model(inputs, x)
+    return with_random_weights(keras.Model(inputs, x))
 
 
 def image_model():
@@ -30,19 +31,19 @@ def image_model():
     x = LocallyConnected2D(5, 3, padding="same", activation="relu")(inputs)
     x = LocallyConnected2D(3, (2, 3), strides=2, data_format="channels_last")(x)
     outputs = keras.layers.Dense(2)(keras.layers.Flatten()(x))
-    return keras.Model(inputs, outputs)
+    return with_random_weights(keras.Model(inputs, outputs))
 
 
 def channels_first_image_model():
     inputs = keras.Input((2, 7, 6))
     x = LocallyConnected2D(4, 3, data_format="channels_first", dilation_rate=2)(inputs)
-    return keras.Model(inputs, keras.layers.Flatten()(x))
+    return with_random_weights(keras.Model(inputs, keras.layers.Flatten()(x)))
 
 
 def volume_model():
     inputs = keras.Input((5, 4, 6, 2))
     x = LocallyConnected3D(3, (2, 2, 3), activation="tanh")(inputs)
-    return keras.Model(inputs, keras.layers.Flatten()(x))
+    return with_random_weights(keras.Model(inputs, keras.layers.Flatten()(x)))
 
 
 def strided_channels_first_volume_model():
@@ -50,7 +51,15 @@ def strided_channels_first_volume_model():
     x = LocallyConnected3D(
         3, 2, strides=(1, 2, 2), padding="same", data_format="channels_first"
     )(inputs)
-    return keras.Model(inputs, x)
+    return with_random_weights(keras.Model(inputs, x))
+
+
+def with_random_weights(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        values = rng.normal(scale=0.5, size=variable.shape)
+        variable.assign(values.astype(variable.dtype))
+    return model
 
 
 MODELS = {

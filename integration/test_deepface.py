@@ -54,12 +54,17 @@ def keras2_embeddings(keras2_files):
     return data["inputs"], data["f7"]
 
 
-@pytest.fixture(autouse=True)
-def _free_the_models():
-    # Each Keras 3 DeepFace holds 550 MB of weights.
-    yield
-    keras.backend.clear_session()
-    gc.collect()
+@pytest.fixture(scope="module")
+def keras3_deepface():
+    """deepface's model code with its import changed, built once (550 MB)."""
+    return deepface.build(keras, LocallyConnected2D)
+
+
+def zeroed(model):
+    """`model` with every weight zero, so that what a loader misses shows."""
+    for variable in model.weights:
+        variable.assign(np.zeros(variable.shape, variable.dtype))
+    return model
 
 
 def relative_error(got, expected):
@@ -77,11 +82,11 @@ def test_keras2_embeddings_are_not_degenerate(keras2_embeddings):
 
 
 def test_deepface_code_with_its_import_changed_loads_the_weights_file(
-    keras2_files, keras2_embeddings
+    keras2_files, keras2_embeddings, keras3_deepface
 ):
     """deepface's own path: build the model, then `model.load_weights(h5)`."""
     inputs, expected = keras2_embeddings
-    base_model = deepface.build(keras, LocallyConnected2D)
+    base_model = zeroed(keras3_deepface)
     base_model.load_weights(keras2_files / "weights.h5")
 
     f7 = deepface.embedding_model(keras, base_model).predict(inputs, verbose=0)
@@ -89,9 +94,11 @@ def test_deepface_code_with_its_import_changed_loads_the_weights_file(
     assert relative_error(f7, expected) < TOLERANCE
 
 
-def test_legacy_load_weights_loads_the_weights_file(keras2_files, keras2_embeddings):
+def test_legacy_load_weights_loads_the_weights_file(
+    keras2_files, keras2_embeddings, keras3_deepface
+):
     inputs, expected = keras2_embeddings
-    base_model = deepface.build(keras, LocallyConnected2D)
+    base_model = zeroed(keras3_deepface)
     legacy.load_weights(base_model, keras2_files / "weights.h5")
 
     f7 = deepface.embedding_model(keras, base_model).predict(inputs, verbose=0)
@@ -108,5 +115,7 @@ def test_legacy_load_model_loads_the_full_model(keras2_files, keras2_embeddings)
     ]  # fmt: skip
     assert isinstance(base_model.get_layer("L4"), LocallyConnected2D)
     f7 = deepface.embedding_model(keras, base_model).predict(inputs, verbose=0)
+    del base_model  # its 550 MB, before the next module's tests
+    gc.collect()
 
     assert relative_error(f7, expected) < TOLERANCE
