@@ -9,8 +9,10 @@ builds it in Keras 3 with `keras_localconn.LocallyConnected2D`, and each way of
 loading must give the embeddings tf-keras computed.
 
 tf-keras writes the files in a subprocess, which also keeps its 550 MB model
-out of this process. It is installed in the tensorflow test session and in
-every `nox -s export` session, so the port is checked under each backend.
+out of this process. `tests-tensorflow` runs this module under tensorflow and
+`nox -s export` under jax and torch, the sessions that install tf-keras;
+elsewhere it skips. It takes 2 to 4 minutes on two cores, most of it tf-keras
+building its per-position loop for L4.
 """
 
 import gc
