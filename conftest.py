@@ -8,11 +8,22 @@ Markers (registered in pyproject.toml):
   backends; deselected (not skipped) elsewhere.
 """
 
+import importlib.util
 import os
 
 import keras
 
 BACKEND = keras.backend.backend()
+
+# Modules that need packages only some sessions install: left out of the
+# collection (not skipped) where those packages are missing.
+_NEEDS = {
+    "integration/test_deepface.py": "tf_keras",  # tests-tensorflow, export
+    "integration/test_export_formats.py": "onnxruntime",  # export
+}
+collect_ignore = [
+    path for path, module in _NEEDS.items() if importlib.util.find_spec(module) is None
+]
 
 
 def _devices():
@@ -47,10 +58,15 @@ def _backend_version():
 
 
 def pytest_report_header(config):
-    return (
+    header = (
         f"keras {keras.__version__}, backend {_backend_version()}, "
         f"devices: {_devices()}, KERAS_BACKEND={os.environ.get('KERAS_BACKEND')}"
     )
+    if collect_ignore:
+        header += (
+            f"\nnot collected here (packages missing): {', '.join(collect_ignore)}"
+        )
+    return header
 
 
 def pytest_collection_modifyitems(config, items):

@@ -155,3 +155,23 @@ def keras3_fixtures(session, backend):
         "save",
         "integration/keras3_fixtures",
     )
+
+
+@nox.session
+@nox.parametrize("backend", [nox.param(b, id=b) for b in TRAINING_BACKENDS])
+def export(session, backend):
+    """Deployment: ONNX, LiteRT and OpenVINO exports, and the DeepFace port."""
+    # Each backend's converter; tf-keras (in the group) brings TensorFlow into
+    # every session, for the Keras 2 side of the DeepFace port.
+    converters = {
+        "tensorflow": ["tf2onnx", "ai-edge-litert"],
+        "jax": ["jax2onnx"],
+        "torch": ["onnxscript"],
+    }
+    pyproject = nox.project.load_toml("pyproject.toml")
+    group = nox.project.dependency_groups(pyproject, "export")
+    install_backend(session, backend, *group, *converters[backend])
+    tests = ["integration/test_export_formats.py"]
+    if backend != "tensorflow":  # tests-tensorflow, which has tf-keras, runs it
+        tests.append("integration/test_deepface.py")
+    session.run("pytest", *(session.posargs or tests))

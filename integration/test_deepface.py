@@ -1,0 +1,120 @@
+"""DeepFace, ported to Keras 3 by changing one import, gives the same embeddings.
+
+deepface builds its DeepFace network in tf.keras with three
+`LocallyConnected2D` layers and loads the published Keras 2 weights file with
+Keras' own `model.load_weights`. Here tf-keras builds it at its real sizes
+(L4's kernel alone is 239 MB) with random weights and writes the weights file,
+the full model and the F7 embeddings of a few faces; the same code then
+builds it in Keras 3 with `keras_localconn.LocallyConnected2D`, and each way of
+loading must give the embeddings tf-keras computed.
+
+tf-keras writes the files in a subprocess, which also keeps its 550 MB model
+out of this process. `tests-tensorflow` runs this module under tensorflow and
+`nox -s export` under jax and torch, the sessions that install tf-keras;
+elsewhere conftest.py leaves it out of the collection. It takes 2 to 4
+minutes on two cores, most of it tf-keras building its per-position loop
+for L4.
+"""
+
+import gc
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from integration import deepface
+from keras_localconn import LocallyConnected2D, legacy
+
+SCRIPT = pathlib.Path(deepface.__file__)
+# float32 through eight layers, summed in another order than tf-keras did.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def keras2_files(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("deepface")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=SCRIPT.parent.parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def keras2_embeddings(keras2_files):
+    data = np.load(keras2_files / "embeddings.npz")
+    return data["inputs"], data["f7"]
+
+
+@pytest.fixture(scope="module")
+def keras3_deepface():
+    """deepface's model code with its import changed, built once (550 MB)."""
+    return deepface.build(keras, LocallyConnected2D)
+
+
+def zeroed(model):
+    """`model` with every weight zero, so that what a loader misses shows."""
+    for variable in model.weights:
+        variable.assign(np.zeros(variable.shape, variable.dtype))
+    return model
+
+
+def relative_error(got, expected):
+    """Largest absolute difference, relative to the largest expected value."""
+    got = keras.ops.convert_to_numpy(got)
+    return float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
+
+
+def test_keras2_embeddings_are_not_degenerate(keras2_embeddings):
+    _, f7 = keras2_embeddings
+    assert f7.shape == (4, 4096)
+    # ReLU embeddings with a good share of active units, distinct per face.
+    assert 0.1 < np.mean(f7 > 0) < 0.9
+    assert np.abs(f7[0] - f7[1]).max() > 1e-2 * np.abs(f7).max()
+
+
+def test_deepface_code_with_its_import_changed_loads_the_weights_file(
+    keras2_files, keras2_embeddings, keras3_deepface
+):
+    """deepface's own path: build the model, then `model.load_weights(h5)`."""
+    inputs, expected = keras2_embeddings
+    base_model = zeroed(keras3_deepface)
+    base_model.load_weights(keras2_files / "weights.h5")
+
+    f7 = deepface.embedding_model(keras, base_model).predict(inputs, verbose=0)
+
+    assert relative_error(f7, expected) < TOLERANCE
+
+
+def test_legacy_load_weights_loads_the_weights_file(
+    keras2_files, keras2_embeddings, keras3_deepface
+):
+    inputs, expected = keras2_embeddings
+    base_model = zeroed(keras3_deepface)
+    legacy.load_weights(base_model, keras2_files / "weights.h5")
+
+    f7 = deepface.embedding_model(keras, base_model).predict(inputs, verbose=0)
+
+    assert relative_error(f7, expected) < TOLERANCE
+
+
+def test_legacy_load_model_loads_the_full_model(keras2_files, keras2_embeddings):
+    inputs, expected = keras2_embeddings
+    base_model = legacy.load_model(keras2_files / "model.h5")
+
+    assert [layer.name for layer in base_model.layers] == [
+        "C1", "M2", "C3", "L4", "L5", "L6", "F0", "F7", "D0", "F8"
+    ]  # fmt: skip
+    assert isinstance(base_model.get_layer("L4"), LocallyConnected2D)
+    f7 = deepface.embedding_model(keras, base_model).predict(inputs, verbose=0)
+    del base_model  # its 550 MB, before the next module's tests
+    gc.collect()
+
+    assert relative_error(f7, expected) < TOLERANCE
