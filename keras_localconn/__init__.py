@@ -1,15 +1,20 @@
 """keras-localconn: locally connected layers for Keras 3, on every backend.
 
 >>> import keras_localconn
->>> sorted(keras_localconn.__all__)
-['LocallyConnected1D', 'LocallyConnected2D', 'LocallyConnected3D', 'legacy', 'ops']
+>>> sorted(keras_localconn.__all__)  # doctest: +NORMALIZE_WHITESPACE
+['LocallyConnected1D', 'LocallyConnected1DTranspose', 'LocallyConnected2D',
+ 'LocallyConnected2DTranspose', 'LocallyConnected3D',
+ 'LocallyConnected3DTranspose', 'legacy', 'ops']
 """
 
 from keras_localconn import ops
 from keras_localconn.layers import (
     LocallyConnected1D,
+    LocallyConnected1DTranspose,
     LocallyConnected2D,
+    LocallyConnected2DTranspose,
     LocallyConnected3D,
+    LocallyConnected3DTranspose,
 )
 
 __version__ = "0.1.0"
@@ -18,6 +23,9 @@ __all__ = [
     "LocallyConnected1D",
     "LocallyConnected2D",
     "LocallyConnected3D",
+    "LocallyConnected1DTranspose",
+    "LocallyConnected2DTranspose",
+    "LocallyConnected3DTranspose",
     "legacy",
     "ops",
 ]
