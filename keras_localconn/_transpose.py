@@ -239,8 +239,9 @@ def _matmul_scatter(inputs, kernel, bias, geo, channels_last, scatter_add):
         rows = _shapes.unpadded_rows(geo)
         # Contributions that land in the padding go to one extra row, dropped.
         cropped = bool(rows.size) and int(rows.max()) == num_rows
+        # kops.shape: the batch may be unknown while tracing (TensorFlow).
         zeros = kops.zeros(
-            (num_rows + cropped, contributions.shape[-1]), contributions.dtype
+            (num_rows + cropped, kops.shape(contributions)[-1]), contributions.dtype
         )
         outputs = kops.scatter_update(
             zeros, rows[:, None], contributions, reduction="add"
