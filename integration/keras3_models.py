@@ -1,9 +1,11 @@
-"""Save and load a model holding every locally connected layer, per backend.
+"""Save and load models holding every locally connected layer, per backend.
 
 Run as a script under one backend (`KERAS_BACKEND=... python
-integration/keras3_models.py save DIR` or `... load FILE.keras FILE.npz`):
-the cross-backend tests start it in subprocesses, and `nox -s keras3_fixtures`
-uses it to write the committed `.keras` files saved under each backend.
+integration/keras3_models.py save DIR [NAME...]` or `... load FILE.keras
+FILE.npz`): the cross-backend tests start it in subprocesses, and
+`nox -s keras3_fixtures` uses it to write the committed `.keras` files saved
+under each backend, ``<NAME>_<backend>.keras`` for each model of `MODELS`
+(all of them unless NAMEs are given).
 """
 
 import os
@@ -13,7 +15,14 @@ import keras
 import numpy as np
 
 import keras_localconn  # noqa: F401  (registers the layers for safe_mode loading)
-from keras_localconn import LocallyConnected1D, LocallyConnected2D, LocallyConnected3D
+from keras_localconn import (
+    LocallyConnected1D,
+    LocallyConnected1DTranspose,
+    LocallyConnected2D,
+    LocallyConnected2DTranspose,
+    LocallyConnected3D,
+    LocallyConnected3DTranspose,
+)
 
 INPUT_SHAPE = (9, 8, 2)
 
@@ -38,16 +47,49 @@ def build_model():
     return keras.Model(inputs, outputs)
 
 
-def save(directory):
-    model = build_model()
-    x = np.random.default_rng(0).normal(size=(3, *INPUT_SHAPE)).astype("float32")
+TRANSPOSE_INPUT_SHAPE = (4, 4, 3)
+
+
+def build_transpose_model():
+    """The transposed layers: both data formats, same/valid, strides,
+    output_padding and dilation, 1D-3D."""
+    keras.utils.set_random_seed(11)
+    inputs = keras.Input(TRANSPOSE_INPUT_SHAPE)
+    x = LocallyConnected2DTranspose(
+        4, 3, strides=2, padding="same", activation="relu", bias_initializer="normal"
+    )(inputs)  # (8, 8, 4)
+    x = keras.layers.Permute((3, 1, 2))(x)  # (4, 8, 8): channels_first below
+    x = LocallyConnected2DTranspose(
+        3, (2, 3), data_format="channels_first", dilation_rate=(1, 2)
+    )(x)  # (3, 9, 12)
+    sequence = keras.layers.Reshape((27, 12))(x)
+    sequence = LocallyConnected1DTranspose(2, 3, strides=2, output_padding=1)(
+        sequence
+    )  # (56, 2)
+    volume = keras.layers.Reshape((2, 7, 4, 2))(sequence)
+    outputs = LocallyConnected3DTranspose(2, 2, use_bias=False)(volume)  # (3, 8, 5, 2)
+    return keras.Model(inputs, outputs)
+
+
+MODELS = {
+    "model": (build_model, INPUT_SHAPE),
+    "transpose": (build_transpose_model, TRANSPOSE_INPUT_SHAPE),
+}
+
+
+def save(directory, *names):
+    """Writes ``<name>_<backend>.keras`` and ``.npz`` for each model named."""
     backend = keras.backend.backend()
-    model.save(os.path.join(directory, f"model_{backend}.keras"))
-    np.savez(
-        os.path.join(directory, f"model_{backend}.npz"),
-        inputs=x,
-        outputs=model.predict(x, verbose=0),
-    )
+    for name in names or MODELS:
+        build, input_shape = MODELS[name]
+        model = build()
+        x = np.random.default_rng(0).normal(size=(3, *input_shape)).astype("float32")
+        model.save(os.path.join(directory, f"{name}_{backend}.keras"))
+        np.savez(
+            os.path.join(directory, f"{name}_{backend}.npz"),
+            inputs=x,
+            outputs=model.predict(x, verbose=0),
+        )
 
 
 def load_and_compare(model_path, data_path):

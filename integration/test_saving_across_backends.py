@@ -9,7 +9,7 @@ import sys
 import keras
 import pytest
 
-from integration.keras3_models import load_and_compare
+from integration.keras3_models import MODELS, load_and_compare
 
 HERE = pathlib.Path(__file__).parent
 FIXTURES = HERE / "keras3_fixtures"
@@ -49,13 +49,15 @@ def _run(backend, *args):
     return result.stdout
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("saved_under", SAVED_UNDER)
-def test_model_saved_under_each_backend_predicts_the_same_here(saved_under):
+def test_model_saved_under_each_backend_predicts_the_same_here(saved_under, model):
     """Committed files written by `nox -s keras3_fixtures` under each backend."""
     difference = load_and_compare(
-        FIXTURES / f"model_{saved_under}.keras", FIXTURES / f"model_{saved_under}.npz"
+        FIXTURES / f"{model}_{saved_under}.keras",
+        FIXTURES / f"{model}_{saved_under}.npz",
     )
-    assert difference < 1e-5, (saved_under, keras.backend.backend(), difference)
+    assert difference < 1e-5, (model, saved_under, keras.backend.backend(), difference)
 
 
 @pytest.mark.training
@@ -63,11 +65,12 @@ def test_model_saved_here_loads_under_every_installed_backend(tmp_path):
     """Live round trip: save in a subprocess, load in one per installed backend."""
     current = keras.backend.backend()
     _run(current, "save", tmp_path)
-    model = tmp_path / f"model_{current}.keras"
-    data = tmp_path / f"model_{current}.npz"
     loaded_under = _installed_backends()
     assert current in loaded_under
-    for backend in loaded_under:
-        output = _run(backend, "load", model, data)
-        difference = float(output.strip().rsplit("=", 1)[1])
-        assert difference < 1e-5, (current, backend, difference)
+    for name in MODELS:
+        model = tmp_path / f"{name}_{current}.keras"
+        data = tmp_path / f"{name}_{current}.npz"
+        for backend in loaded_under:
+            output = _run(backend, "load", model, data)
+            difference = float(output.strip().rsplit("=", 1)[1])
+            assert difference < 1e-5, (name, current, backend, difference)

@@ -2,16 +2,20 @@
 
 >>> import keras_localconn
 >>> sorted(keras_localconn.__all__)  # doctest: +NORMALIZE_WHITESPACE
-['LocallyConnected1D', 'LocallyConnected2D', 'LocallyConnected3D',
- 'from_conv', 'legacy', 'ops', 'to_conv']
+['LocallyConnected1D', 'LocallyConnected1DTranspose', 'LocallyConnected2D',
+ 'LocallyConnected2DTranspose', 'LocallyConnected3D',
+ 'LocallyConnected3DTranspose', 'from_conv', 'legacy', 'ops', 'to_conv']
 """
 
 from keras_localconn import ops
 from keras_localconn.conversion import from_conv, to_conv
 from keras_localconn.layers import (
     LocallyConnected1D,
+    LocallyConnected1DTranspose,
     LocallyConnected2D,
+    LocallyConnected2DTranspose,
     LocallyConnected3D,
+    LocallyConnected3DTranspose,
 )
 
 __version__ = "0.1.0"
@@ -20,6 +24,9 @@ __all__ = [
     "LocallyConnected1D",
     "LocallyConnected2D",
     "LocallyConnected3D",
+    "LocallyConnected1DTranspose",
+    "LocallyConnected2DTranspose",
+    "LocallyConnected3DTranspose",
     "from_conv",
     "legacy",
     "ops",

@@ -147,3 +147,68 @@ def normalize_geometry(rank, kernel_size, strides, padding, dilation_rate, owner
     check_strides_and_dilation(strides, dilation_rate, owner)
     padding = normalize_padding(padding, rank, owner)
     return kernel_size, strides, padding, dilation_rate
+
+
+# --------------------------------------------------------------------------
+# The transposed local convolution
+# --------------------------------------------------------------------------
+
+TRANSPOSE_PADDINGS = ("valid", "same")
+
+
+def normalize_transpose_padding(padding, owner):
+    """Lower-cased ``"valid"`` or ``"same"``, as `keras.layers.Conv*DTranspose`."""
+    if not isinstance(padding, str) or padding.lower() not in TRANSPOSE_PADDINGS:
+        raise ValueError(
+            f"{owner}: `padding` must be one of {TRANSPOSE_PADDINGS} "
+            f"(case-insensitive; a transposed convolution has no 'causal'). "
+            f"Received: padding={padding!r}"
+        )
+    return padding.lower()
+
+
+def normalize_output_padding(output_padding, strides, owner):
+    """None, or a tuple of ints with ``0 <= output_padding < strides`` per axis."""
+    if output_padding is None:
+        return None
+    rank = len(strides)
+    if _is_int(output_padding):
+        values = (int(output_padding),) * rank
+    else:
+        try:
+            values = tuple(output_padding)
+        except TypeError:
+            values = None
+        if values is None or not all(_is_int(v) for v in values):
+            raise ValueError(
+                f"{owner}: `output_padding` must be None, an int or a tuple of "
+                f"{rank} ints. Received: output_padding={output_padding!r}"
+            )
+        values = tuple(int(v) for v in values)
+        if len(values) != rank:
+            raise ValueError(
+                f"{owner}: `output_padding` must have {rank} element(s), one per "
+                f"spatial dimension. Received: output_padding={output_padding!r}"
+            )
+    for axis, (extra, stride) in enumerate(zip(values, strides)):
+        if not 0 <= extra < stride:
+            raise ValueError(
+                f"{owner}: every element of `output_padding` must be >= 0 and "
+                f"strictly less than the `strides` of its axis (axis {axis}: "
+                f"output_padding {extra}, strides {stride}). Received: "
+                f"output_padding={output_padding!r}, strides={strides}"
+            )
+    return values
+
+
+def normalize_transpose_geometry(
+    rank, kernel_size, strides, padding, output_padding, dilation_rate, owner
+):
+    """The five window arguments of a transposed local convolution, checked."""
+    kernel_size = normalize_tuple(kernel_size, rank, "kernel_size", owner)
+    strides = normalize_tuple(strides, rank, "strides", owner)
+    dilation_rate = normalize_tuple(dilation_rate, rank, "dilation_rate", owner)
+    check_strides_and_dilation(strides, dilation_rate, owner)
+    padding = normalize_transpose_padding(padding, owner)
+    output_padding = normalize_output_padding(output_padding, strides, owner)
+    return kernel_size, strides, padding, output_padding, dilation_rate

@@ -143,3 +143,140 @@ def gather_rows(geo):
         offsets = np.add.outer(offsets, np.arange(k) * d * step)
     rows = np.add.outer(window_starts.ravel(), offsets.ravel()).ravel()
     return rows.astype(np.int32)
+
+
+# --------------------------------------------------------------------------
+# The transposed local convolution
+# --------------------------------------------------------------------------
+#
+# A transposed convolution is the adjoint, with respect to its input, of the
+# forward convolution that maps its output back to its input. Everything
+# static about it is therefore that forward convolution's `Geometry`: its
+# `spatial_shape` is the transposed op's output, its `output_shape` the
+# transposed op's input, its `channels` the transposed op's filters.
+
+
+def transpose_axis(length, kernel_size, stride, dilation, padding, output_padding):
+    """``(output length, pad before, pad after)`` of one transposed axis.
+
+    The output length is that of `keras.layers.Conv*DTranspose`
+    (`compute_conv_transpose_output_shape` in Keras):
+
+    - ``valid``: ``(n - 1) * s + e + output_padding``, where ``e`` is the
+      dilated kernel extent and ``output_padding`` defaults to
+      ``max(e, s) - e``;
+    - ``same``: ``n * s``, or ``(n - 1) * s + e % 2 + output_padding`` when
+      `output_padding` is given.
+
+    The pads are those of the forward convolution whose adjoint this is:
+    Keras' transposed convolution pads the stride-dilated input by
+    ``(left, right)`` and correlates it with the flipped kernel, so the forward
+    convolution pads its input (the transposed output) by
+    ``e - 1 - left`` before and ``e - 1 - right`` after. "after" is negative
+    where the transposed output ends in positions that no window reaches
+    (`output_padding`, or strides larger than the kernel).
+    """
+    n, k, s, d = length, kernel_size, stride, dilation
+    extent = (k - 1) * d + 1
+    if padding == "valid":
+        extra = max(extent, s) - extent if output_padding is None else output_padding
+        left, right = extent - 1, extent - 1 + extra
+    else:
+        if output_padding is None:
+            total = s + extent - 2
+        else:
+            total = extent + extent % 2 - 2 + output_padding
+        left = min(total // 2 + total % 2, extent - 1)
+        right = total - left
+    output_length = (n - 1) * s + 1 + left + right - (extent - 1)
+    return output_length, extent - 1 - left, extent - 1 - right
+
+
+@functools.lru_cache(maxsize=256)
+def transpose_geometry(
+    spatial_shape,
+    filters,
+    kernel_size,
+    strides,
+    padding,
+    output_padding,
+    dilation_rate,
+    owner,
+):
+    """The forward `Geometry` whose adjoint is this transposed convolution.
+
+    `spatial_shape` is the transposed op's input; the geometry's
+    `spatial_shape` is its output (Keras' `Conv*DTranspose` sizes), its
+    `channels` the transposed op's `filters`. Negative pads after (positions
+    that no window reaches) are stored as 0: those positions are zeros of
+    the padded input that no window reads either. Raises a `ValueError`
+    naming the axis when an output size would be <= 0.
+    """
+    output_shape, pads = [], []
+    for axis, (n, k, s, d) in enumerate(
+        zip(spatial_shape, kernel_size, strides, dilation_rate)
+    ):
+        extra = None if output_padding is None else output_padding[axis]
+        length, before, after = transpose_axis(n, k, s, d, padding, extra)
+        if length <= 0:
+            raise ValueError(
+                f"{owner}: spatial dimension {axis} of the output would be "
+                f"{length} (input size {n}, kernel_size {k}, dilation_rate {d}, "
+                f"strides {s}, padding '{padding}', output_padding {extra}). "
+                f"Use a larger input, padding='valid' or a larger output_padding."
+            )
+        output_shape.append(length)
+        pads.append((before, max(after, 0)))
+    return Geometry(
+        tuple(output_shape),
+        filters,
+        tuple(kernel_size),
+        tuple(strides),
+        tuple(dilation_rate),
+        tuple(pads),
+        tuple(spatial_shape),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def unpadded_rows(geo):
+    """Row of the flattened *unpadded* input read by each (position, offset).
+
+    `gather_rows` without the padding: position-major, shape ``(P * taps,)``,
+    int32, with ``prod(spatial_shape)`` (one row past the end) where the window
+    reads padding. A scatter-add of per-(position, offset) contributions into
+    these rows is the adjoint of the gather, with the padding cropped away.
+    """
+    padded = np.unravel_index(gather_rows(geo), geo.padded_shape)
+    coords = [c - lo for c, (lo, _) in zip(padded, geo.pads)]
+    inside = np.ones(coords[0].shape, bool)
+    for c, n in zip(coords, geo.spatial_shape):
+        inside &= (c >= 0) & (c < n)
+    clipped = [np.clip(c, 0, n - 1) for c, n in zip(coords, geo.spatial_shape)]
+    rows = np.ravel_multi_index(clipped, geo.spatial_shape)
+    return np.where(inside, rows, math.prod(geo.spatial_shape)).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def contributing_rows(geo):
+    """For each row of the flattened unpadded input, the (position, offset)
+    rows that read it: the inverse of `unpadded_rows`, as a table.
+
+    Shape ``(prod(spatial_shape), fan_in)``, int32, where ``fan_in`` is the
+    largest number of windows reading one input row; shorter lists are filled
+    with ``P * taps`` (one row past the end). Gathering these rows and summing
+    over the last axis is the scatter-add of `unpadded_rows`, without a
+    scatter.
+    """
+    rows = unpadded_rows(geo).astype(np.int64)
+    num_rows = math.prod(geo.spatial_shape)
+    kept = np.flatnonzero(rows < num_rows)  # sorted: a stable order below
+    targets = rows[kept]
+    order = np.argsort(targets, kind="stable")
+    targets, sources = targets[order], kept[order]
+    counts = np.bincount(targets, minlength=num_rows)
+    fan_in = max(int(counts.max(initial=0)), 1)
+    slot = np.arange(targets.size) - (np.cumsum(counts) - counts)[targets]
+    table = np.full((num_rows, fan_in), rows.size, np.int64)
+    table[targets, slot] = sources
+    return table.astype(np.int32)

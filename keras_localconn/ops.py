@@ -26,12 +26,14 @@ import numpy as np
 from keras import ops as kops
 
 from keras_localconn import _arguments, _shapes
+from keras_localconn._transpose import local_conv_transpose
 
 __all__ = [
     "local_conv",
     "local_conv_kernel_shape",
     "local_conv_output_shape",
     "local_conv_padding",
+    "local_conv_transpose",
 ]
 
 

@@ -1,0 +1,480 @@
+"""LocallyConnected1D/2D/3DTranspose as Keras layers."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+from keras.src.testing import TestCase
+
+from keras_localconn import (
+    LocallyConnected1D,
+    LocallyConnected1DTranspose,
+    LocallyConnected2D,
+    LocallyConnected2DTranspose,
+    LocallyConnected3D,
+    LocallyConnected3DTranspose,
+)
+from keras_localconn.layers import BaseLocallyConnected
+from tests.autodiff import to_numpy
+from tests.reference_transpose import reference_local_conv_transpose
+
+LAYERS = {
+    1: LocallyConnected1DTranspose,
+    2: LocallyConnected2DTranspose,
+    3: LocallyConnected3DTranspose,
+}
+FORWARD_LAYERS = {1: LocallyConnected1D, 2: LocallyConnected2D, 3: LocallyConnected3D}
+KERAS_LAYERS = {
+    1: keras.layers.Conv1DTranspose,
+    2: keras.layers.Conv2DTranspose,
+    3: keras.layers.Conv3DTranspose,
+}
+SPATIAL = {1: (5,), 2: (4, 3), 3: (3, 2, 2)}
+
+
+def _input_shape(rank, channels=3, batch=2, data_format="channels_last"):
+    spatial = SPATIAL[rank]
+    if data_format == "channels_last":
+        return (batch, *spatial, channels)
+    return (batch, channels, *spatial)
+
+
+def _random(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def _randomize_weights(layer, seed=1):
+    layer.set_weights([_random(w.shape, seed + i) for i, w in enumerate(layer.weights)])
+
+
+# --------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=3),
+        dict(kernel_size=3, strides=2, padding="same"),
+        dict(kernel_size=2, strides=2, output_padding=1),
+        dict(kernel_size=2, dilation_rate=2, padding="same"),
+    ],
+    ids=["valid", "strided-same", "output-padding", "dilated-same"],
+)
+def test_layer_output_equals_reference_with_per_position_bias(
+    rank, data_format, kwargs
+):
+    layer = LAYERS[rank](4, data_format=data_format, activation="relu", **kwargs)
+    y = _random(_input_shape(rank, data_format=data_format))
+    layer.build(y.shape)
+    _randomize_weights(layer)
+    kernel, bias = (to_numpy(w) for w in layer.weights)
+    x = to_numpy(layer(y))
+    expected = reference_local_conv_transpose(
+        y,
+        kernel,
+        layer.kernel_size,
+        layer.strides,
+        layer.dilation_rate,
+        layer.padding,
+        layer.output_padding,
+        data_format,
+        bias=bias,
+    )
+    np.testing.assert_allclose(x, np.maximum(expected, 0), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_shared_weights_equal_keras_conv_transpose_with_bias(rank):
+    kwargs = dict(kernel_size=3, strides=2, padding="same", output_padding=1)
+    ours = LAYERS[rank](4, **kwargs)
+    theirs = KERAS_LAYERS[rank](4, **kwargs)
+    y = _random(_input_shape(rank))
+    ours.build(y.shape)
+    theirs.build(y.shape)
+    conv_kernel = _random(theirs.kernel.shape, seed=2)  # (*kernel, filters, in)
+    conv_bias = _random((4,), seed=3)
+    theirs.set_weights([conv_kernel, conv_bias])
+    positions = ours.kernel.shape[0]
+    ours.set_weights(
+        [
+            np.broadcast_to(conv_kernel.reshape(-1, y.shape[-1]), ours.kernel.shape),
+            np.broadcast_to(conv_bias, ours.bias.shape),
+        ]
+    )
+    assert positions == math.prod(SPATIAL[rank])
+    np.testing.assert_allclose(
+        to_numpy(ours(y)), to_numpy(theirs(y)), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_is_the_adjoint_of_the_forward_layer_with_the_same_kernel(rank, data_format):
+    """The decoder of `LocallyConnected{N}D(strides=2, padding="same")`."""
+    channels, filters = 3, 4
+    decoder = LAYERS[rank](
+        filters, 3, strides=2, padding="same", data_format=data_format, use_bias=False
+    )
+    y = _random(_input_shape(rank, channels, data_format=data_format))
+    x_shape = decoder.compute_output_shape(y.shape)
+    encoder = FORWARD_LAYERS[rank](
+        channels, 3, strides=2, padding="same", data_format=data_format, use_bias=False
+    )
+    encoder.build(x_shape)
+    decoder.build(y.shape)
+    assert tuple(encoder.kernel.shape) == tuple(decoder.kernel.shape)
+    kernel = _random(encoder.kernel.shape, seed=4)
+    encoder.set_weights([kernel])
+    decoder.set_weights([kernel])
+    x = _random(x_shape, seed=5)
+    assert encoder.compute_output_shape(x_shape) == y.shape
+    np.testing.assert_allclose(
+        np.sum(to_numpy(decoder(y)).astype(np.float64) * x),
+        np.sum(y.astype(np.float64) * to_numpy(encoder(x))),
+        rtol=1e-4,
+    )
+
+
+def test_bias_is_indexed_by_output_position_then_filter_in_both_formats():
+    for data_format in ("channels_last", "channels_first"):
+        layer = LocallyConnected2DTranspose(3, 2, strides=2, data_format=data_format)
+        shape = (1, 2, 2, 3) if data_format == "channels_first" else (1, 2, 3, 2)
+        layer.build(shape)
+        bias = np.arange(4 * 6 * 3, dtype="float32").reshape(4, 6, 3)
+        layer.set_weights([np.zeros((6, 12, 2), "float32"), bias])
+        x = to_numpy(layer(np.zeros(shape, "float32")))[0]
+        if data_format == "channels_first":
+            x = np.moveaxis(x, 0, -1)
+        np.testing.assert_array_equal(x, bias)
+
+
+def test_kernel_and_bias_have_the_documented_shapes():
+    layer = LocallyConnected2DTranspose(3, 2, strides=2)
+    layer.build((None, 8, 8, 16))
+    assert tuple(layer.kernel.shape) == (64, 2 * 2 * 3, 16)
+    assert tuple(layer.bias.shape) == (16, 16, 3)
+    assert layer.count_params() == 64 * 12 * 16 + 16 * 16 * 3
+
+
+def test_default_initializer_scales_each_position_like_a_convolution():
+    layer = LocallyConnected2DTranspose(8, 3, kernel_initializer="glorot_uniform")
+    layer.build((None, 20, 20, 16))
+    kernel = to_numpy(layer.kernel)
+    limit = math.sqrt(6.0 / (3 * 3 * 8 + 16))  # fan_in = K, fan_out = channels
+    assert limit * 0.9 < np.abs(kernel).max() <= limit
+
+
+def test_positional_arguments_follow_keras_conv_transpose_order():
+    layer = LocallyConnected2DTranspose(
+        4, 3, 2, "same", 1, "channels_last", 1, "relu", False
+    )
+    assert layer.strides == (2, 2) and layer.padding == "same"
+    assert layer.output_padding == (1, 1)
+    assert layer.activation is keras.activations.relu
+    assert layer.use_bias is False
+
+
+def test_is_not_taken_for_a_forward_layer():
+    assert not isinstance(LocallyConnected2DTranspose(2, 2), BaseLocallyConnected)
+
+
+# --------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rank, kwargs, input_shape",
+    [
+        (1, dict(kernel_size=3), (7, 2)),
+        (1, dict(kernel_size=4, strides=3, padding="same"), (5, 2)),
+        (1, dict(kernel_size=2, strides=3), (5, 2)),
+        (2, dict(kernel_size=(3, 2), strides=(2, 1), output_padding=(1, 0)), (4, 5, 3)),
+        (
+            2,
+            dict(
+                kernel_size=3, strides=2, padding="same", data_format="channels_first"
+            ),
+            (3, 4, 5),
+        ),
+        (2, dict(kernel_size=3, dilation_rate=2), (4, 5, 3)),
+        (
+            3,
+            dict(kernel_size=2, strides=2, padding="same", output_padding=1),
+            (2, 3, 2, 2),
+        ),
+    ],
+)
+def test_symbolic_output_shape_equals_keras_conv_transpose(rank, kwargs, input_shape):
+    layer = LAYERS[rank](4, **kwargs)
+    expected = tuple(
+        KERAS_LAYERS[rank](4, **kwargs).compute_output_shape((None, *input_shape))
+    )
+    outputs = layer(keras.Input(input_shape))
+    assert tuple(outputs.shape) == expected
+    assert layer.compute_output_shape((None, *input_shape)) == expected
+    assert tuple(layer(_random((3, *input_shape))).shape) == (3, *expected[1:])
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: LocallyConnected2DTranspose(0, 3),
+            r"LocallyConnected2DTranspose '.*': `filters`.*filters=0",
+        ),
+        (lambda: LocallyConnected2DTranspose(4, (3, 0)), r"`kernel_size`.*\(3, 0\)"),
+        (
+            lambda: LocallyConnected1DTranspose(4, (3, 3)),
+            r"`kernel_size` must have 1 element",
+        ),
+        (
+            lambda: LocallyConnected2DTranspose(4, 3, strides=(2, 1), dilation_rate=2),
+            r"`strides` > 1 is not compatible with `dilation_rate` > 1.*axis 0",
+        ),
+        (
+            lambda: LocallyConnected1DTranspose(4, 3, padding="causal"),
+            r"no 'causal'.*padding='causal'",
+        ),
+        (
+            lambda: LocallyConnected2DTranspose(4, 3, strides=2, output_padding=2),
+            r"strictly less than the `strides`.*axis 0.*output_padding=2",
+        ),
+        (
+            lambda: LocallyConnected3DTranspose(4, 3, output_padding=(0, 0)),
+            r"`output_padding` must have 3 element",
+        ),
+        (
+            lambda: LocallyConnected2DTranspose(4, 3, data_format="NCHW"),
+            r"data_format='NCHW'",
+        ),
+    ],
+)
+def test_bad_constructor_arguments_are_value_errors_naming_layer_and_value(
+    make, message
+):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_unknown_spatial_dimensions_are_a_value_error_naming_layer_and_shape():
+    layer = LocallyConnected2DTranspose(4, 3, name="decoder")
+    with pytest.raises(ValueError, match=r"'decoder'.*\(None, None, None, 3\)"):
+        layer(keras.Input((None, None, 3)))
+
+
+def test_empty_output_is_a_value_error_naming_the_dimension():
+    layer = LocallyConnected1DTranspose(
+        4, 2, strides=2, padding="same", output_padding=0
+    )
+    with pytest.raises(
+        ValueError, match=r"spatial dimension 0 of the output would be 0"
+    ):
+        layer.build((None, 1, 3))
+
+
+def test_input_of_wrong_rank_or_channels_is_a_value_error():
+    with pytest.raises(ValueError, match=r"rank 4.*\(2, 8, 3\)"):
+        LocallyConnected2DTranspose(4, 3).build((2, 8, 3))
+    layer = LocallyConnected2DTranspose(4, 3)
+    layer(np.zeros((1, 3, 3, 3), "float32"))
+    with pytest.raises(ValueError, match=r"axis -1 of input shape to have value 3"):
+        layer(np.zeros((1, 3, 3, 2), "float32"))
+
+
+# --------------------------------------------------------------------------
+# Keras behaviour
+# --------------------------------------------------------------------------
+
+
+class LayerBehaviourTest(TestCase):
+    """Keras' own layer test harness (training, mixed precision, serialization)."""
+
+    def test_locally_connected_1d_transpose(self):
+        self.run_layer_test(
+            LocallyConnected1DTranspose,
+            init_kwargs=dict(filters=3, kernel_size=3, strides=2, padding="same"),
+            input_shape=(2, 4, 2),
+            expected_output_shape=(2, 8, 3),
+            expected_num_trainable_weights=2,
+            expected_num_non_trainable_weights=0,
+            expected_num_losses=0,
+            supports_masking=False,
+        )
+
+    def test_locally_connected_2d_transpose(self):
+        self.run_layer_test(
+            LocallyConnected2DTranspose,
+            init_kwargs=dict(
+                filters=3,
+                kernel_size=(3, 2),
+                strides=(2, 1),
+                output_padding=(1, 0),
+                data_format="channels_first",
+                activity_regularizer="l2",
+                kernel_regularizer="l1",
+            ),
+            input_shape=(2, 4, 3, 2),
+            expected_output_shape=(2, 3, 8, 3),
+            expected_num_trainable_weights=2,
+            expected_num_losses=2,
+            supports_masking=False,
+        )
+
+    def test_locally_connected_3d_transpose(self):
+        self.run_layer_test(
+            LocallyConnected3DTranspose,
+            init_kwargs=dict(filters=2, kernel_size=2, use_bias=False),
+            input_shape=(2, 2, 3, 2, 2),
+            expected_output_shape=(2, 3, 4, 3, 2),
+            expected_num_trainable_weights=1,
+            supports_masking=False,
+        )
+
+
+def test_config_round_trip_rebuilds_an_identical_layer():
+    layer = LocallyConnected2DTranspose(
+        8,
+        (3, 2),
+        strides=(2, 1),
+        padding="SAME",
+        output_padding=(1, 0),
+        data_format="channels_first",
+        dilation_rate=(1, 2),
+        activation="tanh",
+        kernel_initializer=keras.initializers.HeNormal(seed=3),
+        bias_initializer="ones",
+        kernel_regularizer=keras.regularizers.L1L2(l1=0.01, l2=0.02),
+        bias_regularizer="l2",
+        activity_regularizer=keras.regularizers.L1(0.5),
+        kernel_constraint=keras.constraints.MaxNorm(2.0),
+        bias_constraint="non_neg",
+        name="decoder",
+        dtype="float64",
+        trainable=False,
+    )
+    config = layer.get_config()
+    rebuilt = LocallyConnected2DTranspose.from_config(config)
+    assert rebuilt.get_config() == config
+    assert config["padding"] == "same" and config["output_padding"] == (1, 0)
+    assert "implementation" not in config
+    assert rebuilt.dtype == "float64" and rebuilt.trainable is False
+    serialized = keras.saving.serialize_keras_object(layer)
+    assert (
+        serialized["registered_name"] == "keras_localconn>LocallyConnected2DTranspose"
+    )
+    again = keras.saving.deserialize_keras_object(serialized)
+    assert type(again) is LocallyConnected2DTranspose
+    assert again.get_config() == config
+
+
+def _encoder_decoder(input_shape=(8, 8, 1)):
+    inputs = keras.Input(input_shape)
+    code = LocallyConnected2D(4, 3, strides=2, padding="same", activation="relu")(
+        inputs
+    )
+    outputs = LocallyConnected2DTranspose(1, 3, strides=2, padding="same")(code)
+    return keras.Model(inputs, outputs)
+
+
+def test_encoder_decoder_saves_and_loads_with_safe_mode(tmp_path):
+    model = _encoder_decoder()
+    x = _random((3, 8, 8, 1))
+    expected = model.predict(x, verbose=0)
+    path = tmp_path / "autoencoder.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(loaded.layers[-1]) is LocallyConnected2DTranspose
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-6)
+
+
+@pytest.mark.training
+def test_fit_lowers_the_reconstruction_loss():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    # Smooth random images: a learnable reconstruction.
+    x = rng.normal(size=(64, 4, 4, 1)).repeat(2, axis=1).repeat(2, axis=2)
+    x = x.astype("float32")
+    model = _encoder_decoder()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    before = model.evaluate(x, x, verbose=0)
+    model.fit(x, x, epochs=40, batch_size=16, verbose=0)
+    assert model.evaluate(x, x, verbose=0) < 0.5 * before
+
+
+@pytest.mark.training
+def test_constraints_are_applied_during_fit():
+    keras.utils.set_random_seed(0)
+    layer = LocallyConnected1DTranspose(
+        2, 3, strides=2, kernel_constraint="non_neg", bias_constraint="non_neg"
+    )
+    model = keras.Sequential([keras.Input((4, 3)), layer])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x = _random((32, 4, 3))
+    model.fit(x, -np.abs(_random((32, 9, 2), seed=1)), epochs=2, verbose=0)
+    assert to_numpy(layer.kernel).min() >= 0.0
+    assert to_numpy(layer.bias).min() >= 0.0
+
+
+# --------------------------------------------------------------------------
+# Mixed precision
+# --------------------------------------------------------------------------
+
+# As in test_mixed_precision: worst |low precision - float32| relative to the
+# largest |float32 output|.
+RELATIVE_TOLERANCE = {"float16": 5e-3, "bfloat16": 3e-2}
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_mixed_policy_keeps_float32_variables_and_matches_float32(rank, policy):
+    layer = LAYERS[rank](
+        4, 3, strides=2, padding="same", dtype=policy, bias_initializer="normal"
+    )
+    y = _random(_input_shape(rank))
+    outputs = layer(y)
+    compute_dtype = policy.removeprefix("mixed_")
+    assert [keras.backend.standardize_dtype(w.dtype) for w in layer.weights] == [
+        "float32",
+        "float32",
+    ]
+    assert keras.backend.standardize_dtype(outputs.dtype) == compute_dtype
+
+    config = layer.get_config()
+    config["dtype"] = "float32"
+    twin = type(layer).from_config(config)
+    twin.build(y.shape)
+    twin.set_weights(layer.get_weights())
+    low = ops.convert_to_numpy(ops.cast(outputs, "float32"))
+    expected = ops.convert_to_numpy(twin(y))
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert (
+        float(np.abs(low - expected).max()) <= RELATIVE_TOLERANCE[compute_dtype] * scale
+    )
+    assert not np.array_equal(low, expected)  # the low precision was used
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_policy_trains_with_float32_gradients(policy):
+    keras.utils.set_random_seed(0)
+    layer = LocallyConnected2DTranspose(2, 3, strides=2, padding="same", dtype=policy)
+    model = keras.Sequential([keras.Input((3, 3, 2)), layer])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    x, target = _random((16, 3, 3, 2)), _random((16, 6, 6, 2), seed=1)
+    before = to_numpy(layer.kernel).copy()
+    history = model.fit(x, target, epochs=3, batch_size=8, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert keras.backend.standardize_dtype(layer.kernel.dtype) == "float32"
+    assert not np.array_equal(to_numpy(layer.kernel), before)
