@@ -5,9 +5,9 @@ import math
 import keras
 import numpy as np
 import pytest
-from keras.src.testing import TestCase
 
 from keras_localconn import LocallyConnected1D, LocallyConnected2D, LocallyConnected3D
+from keras_localconn._keras_private import layer_test_case
 from tests.autodiff import to_numpy
 from tests.reference import reference_local_conv
 
@@ -239,7 +239,7 @@ def test_call_with_other_channel_count_than_built_is_a_value_error():
 # --------------------------------------------------------------------------
 
 
-class LayerBehaviourTest(TestCase):
+class LayerBehaviourTest(layer_test_case()):
     """Keras' own layer test harness (training, mixed precision, serialization)."""
 
     def test_locally_connected_1d(self):
