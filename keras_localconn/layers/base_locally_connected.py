@@ -3,10 +3,15 @@
 import copy
 import math
 import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from keras import activations, constraints, initializers, ops, regularizers
+from keras.constraints import Constraint
+from keras.initializers import Initializer
 from keras.layers import InputSpec, Layer
+from keras.regularizers import Regularizer
 
 from keras_localconn import _arguments, _shapes
 from keras_localconn import ops as lc_ops
@@ -25,7 +30,7 @@ def _physical_memory_bytes():
         return None
 
 
-def max_kernel_bytes():
+def max_kernel_bytes() -> int | None:
     """The largest kernel a layer creates, in bytes; None for no limit.
 
     `$KERAS_LOCALCONN_MAX_KERNEL_BYTES` (an integer; 0 for no limit) if set,
@@ -70,25 +75,25 @@ class BaseLocallyConnected(Layer):
 
     def __init__(
         self,
-        rank,
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        data_format=None,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        implementation=1,
-        dilation_rate=1,
-        **kwargs,
-    ):
+        rank: int,
+        filters: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str = "valid",
+        data_format: str | None = None,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | dict | Initializer = "glorot_uniform",
+        bias_initializer: str | dict | Initializer = "zeros",
+        kernel_regularizer: str | dict | Regularizer | None = None,
+        bias_regularizer: str | dict | Regularizer | None = None,
+        activity_regularizer: str | dict | Regularizer | None = None,
+        kernel_constraint: str | dict | Constraint | None = None,
+        bias_constraint: str | dict | Constraint | None = None,
+        implementation: int = 1,
+        dilation_rate: int | Sequence[int] = 1,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         owner = self._owner
         self.rank = rank
@@ -144,7 +149,9 @@ class BaseLocallyConnected(Layer):
             )
         return spatial, channels
 
-    def output_spatial_shape(self, input_shape):
+    def output_spatial_shape(
+        self, input_shape: Sequence[int | None]
+    ) -> tuple[int, ...]:
         """The output spatial shape for `input_shape` (batch included)."""
         return self._geometry(input_shape).output_shape
 
