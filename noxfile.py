@@ -43,8 +43,9 @@ BACKENDS = ("tensorflow", "jax", "torch", "numpy")
 TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 
-# The JAX release `tests-oldest` pairs with the lowest declared Keras: the
-# newest that Keras release works with.
+# The JAX release `tests-oldest` runs the lowest declared Keras on: an old one
+# (June 2024) that the suite passes with, so the floors of the test tools it
+# pulls in (ml-dtypes, scipy) stay low too.
 OLDEST_JAX = "0.4.30"
 
 
@@ -185,7 +186,7 @@ def docs(session):
 def build(session):
     """sdist and wheel: the wheel holds the package only; both install and import."""
     session.install(*_groups("build"))
-    dist = pathlib.Path(session.create_tmp()) / "dist"
+    dist = pathlib.Path(session.create_tmp()).resolve() / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", str(dist))
     (wheel,) = dist.glob("*.whl")
@@ -198,7 +199,7 @@ def build(session):
     if outside:
         session.error(f"{wheel.name} holds files outside the package: {outside}")
     for archive in (wheel, sdist):
-        venv = dist / f"venv-{archive.suffix.strip('.')}"
+        venv = dist / ("venv-wheel" if archive == wheel else "venv-sdist")
         session.run("python", "-m", "venv", "--clear", str(venv))
         python = str(venv / "bin" / "python")
         session.run(
@@ -207,16 +208,16 @@ def build(session):
             external=True,
         )
         # From outside the source tree, so that the installed copy is imported.
-        session.run(
-            python,
-            "-c",
-            "import keras_localconn, keras_localconn.legacy, "
-            "keras_localconn.distribution; print(keras_localconn.__version__, "
-            "keras_localconn.__file__)",
-            env={"KERAS_BACKEND": "jax"},
-            external=True,
-            cwd=str(dist),
-        )
+        with session.chdir(dist):
+            session.run(
+                python,
+                "-c",
+                "import keras_localconn, keras_localconn.legacy, "
+                "keras_localconn.distribution; print(keras_localconn.__version__, "
+                "keras_localconn.__file__)",
+                env={"KERAS_BACKEND": "jax"},
+                external=True,
+            )
 
 
 def _demo(session, backend):
