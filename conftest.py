@@ -69,12 +69,19 @@ def pytest_report_header(config):
     return header
 
 
+def _version(text):
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
 def pytest_collection_modifyitems(config, items):
     selected, deselected = [], []
     for item in items:
         marker = item.get_closest_marker("backends")
         keep = marker is None or BACKEND in marker.args
         if BACKEND == "numpy" and item.get_closest_marker("training"):
+            keep = False
+        needs = item.get_closest_marker("needs_keras")
+        if needs is not None and _version(keras.__version__) < _version(needs.args[0]):
             keep = False
         (selected if keep else deselected).append(item)
     if deselected:

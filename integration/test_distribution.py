@@ -19,7 +19,7 @@ import pytest
 from keras.distribution import DeviceMesh, LayoutMap
 
 from keras_localconn import LocallyConnected1D, LocallyConnected2D, LocallyConnected3D
-from keras_localconn.distribution import DEFAULT_NAME_PATTERN, positions_layout_map
+from keras_localconn.distribution import positions_layout_map
 
 # Float32 sums regrouped across devices differ in the last bits only.
 TOLERANCE = 1e-5
@@ -97,9 +97,7 @@ def test_layout_map_adds_to_an_existing_map_and_its_exact_paths_win_over_regexes
 def test_layout_map_from_pattern_matches_automatically_named_layers_only():
     layout_map = positions_layout_map(_mesh())
 
-    assert _axes(layout_map) == {
-        f"{DEFAULT_NAME_PATTERN}/kernel": ("model", None, None)
-    }
+    assert list(_axes(layout_map).values()) == [("model", None, None)]
     for path in (
         "locally_connected1d/kernel",
         "functional/locally_connected2d_12/kernel",
@@ -107,6 +105,28 @@ def test_layout_map_from_pattern_matches_automatically_named_layers_only():
     ):
         assert layout_map[path].axes == ("model", None, None), path
     for path in ("dense/kernel", "locally_connected2d/bias", "conv2d/kernel"):
+        assert layout_map[path] is None, path
+
+
+@pytest.mark.parametrize(
+    "name_pattern", ["lc1.*", "lc.d", "lc2d", "l.*2.", "lc2d|head"]
+)
+def test_name_pattern_selects_the_same_kernels_with_and_without_a_model(name_pattern):
+    # Without a model the entry cannot check layer classes: compare the
+    # locally connected kernels.
+    model = _two_layer_model()
+    kernels = ["lc2d/kernel", "lc1d/kernel"]
+    with_model = positions_layout_map(_mesh(), model, name_pattern=name_pattern)
+    selected_with_model = set(kernels) & set(with_model)
+    without_model = positions_layout_map(_mesh(), name_pattern=name_pattern)
+    selected_without = {p for p in kernels if without_model[p] is not None}
+    assert selected_without == selected_with_model
+
+
+def test_name_pattern_without_a_model_must_match_the_whole_layer_path():
+    layout_map = positions_layout_map(_mesh(), name_pattern="lc")
+    assert layout_map["lc/kernel"].axes == ("model", None, None)
+    for path in ("block_lc/kernel", "lc_2/kernel", "net/lc/kernel", "lc/bias"):
         assert layout_map[path] is None, path
 
 

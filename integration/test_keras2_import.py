@@ -244,7 +244,9 @@ def test_load_weights_for_other_architecture_raises_and_changes_nothing():
 def test_load_weights_with_other_layer_count_raises_naming_the_layers():
     model = keras.Sequential([keras.Input((6, 6, 2)), LocallyConnected2D(3, 3)])
     before = all_weights(model)
-    with pytest.raises(ValueError, match=r"weights_only_lc\.h5 holds weights for 4"):
+    with pytest.raises(
+        ValueError, match=r"weights_only_lc\.h5: the file holds weights for 4"
+    ):
         legacy.load_weights(model, FIXTURES / "weights_only_lc.h5")
     np.testing.assert_array_equal(before[0], all_weights(model)[0])
 
@@ -263,10 +265,46 @@ def test_load_weights_refuses_same_padding_keras3_splits_differently():
         [keras.Input((7, 2)), LocallyConnected1D(3, 2, padding="same", name="lc")]
     )
     before = all_weights(model)
-    with pytest.raises(ValueError, match=r"'lc'.*ZeroPadding1D\(\(\(1, 0\),\)\)"):
+    with pytest.raises(
+        ValueError, match=r"'lc'.*ZeroPadding1D\(\(1, 0\), name='lc_keras2_padding'\)"
+    ):
         legacy.load_weights(model, FIXTURES / "lc1d_impl2_cl_same_s1.h5")
     for old, new in zip(before, all_weights(model)):
         np.testing.assert_array_equal(old, new)
+
+
+def test_load_weights_accepts_the_model_load_model_built_with_its_padding():
+    inputs, expected = stored("lc1d_impl2_cl_same_s1")
+    imported = legacy.load_model(FIXTURES / "lc1d_impl2_cl_same_s1.h5")
+    rebuilt = keras.Model.from_config(imported.get_config())
+    assert "lc1d_keras2_padding" in [layer.name for layer in rebuilt.layers]
+    legacy.load_weights(rebuilt, FIXTURES / "lc1d_impl2_cl_same_s1.h5")
+    assert relative_error(rebuilt(inputs), expected) < TOLERANCE
+
+
+def test_load_weights_accepts_the_padding_layer_its_error_message_asks_for():
+    inputs, expected = stored("lc1d_impl2_cl_same_s1")
+    model = keras.Sequential(
+        [
+            keras.Input(inputs.shape[1:]),
+            keras.layers.ZeroPadding1D((1, 0), name="lc_keras2_padding"),
+            LocallyConnected1D(3, 2, name="lc"),
+        ]
+    )
+    legacy.load_weights(model, FIXTURES / "lc1d_impl2_cl_same_s1.h5")
+    assert relative_error(model(inputs), expected) < TOLERANCE
+
+
+def test_load_weights_refuses_a_keras2_padding_layer_that_pads_otherwise():
+    model = keras.Sequential(
+        [
+            keras.Input((7, 2)),
+            keras.layers.ZeroPadding1D((0, 1), name="lc_keras2_padding"),
+            LocallyConnected1D(3, 2, name="lc"),
+        ]
+    )
+    with pytest.raises(ValueError, match=r"'lc' follows 'lc_keras2_padding'.*\(0, 1\)"):
+        legacy.load_weights(model, FIXTURES / "lc1d_impl2_cl_same_s1.h5")
 
 
 def test_load_weights_refuses_lc_inside_nested_model(tmp_path):
@@ -306,7 +344,7 @@ def test_filepath_of_wrong_type_raises_type_error():
 def test_non_hdf5_file_raises_value_error_naming_it(tmp_path):
     text = tmp_path / "notes.h5"
     text.write_text("not a model\n")
-    with pytest.raises(ValueError, match=r"notes\.h5 is not an HDF5 file"):
+    with pytest.raises(ValueError, match=r"notes\.h5: not an HDF5 file"):
         legacy.load_model(text)
 
 
@@ -348,9 +386,52 @@ def test_unknown_layer_class_raises_naming_file_and_layer(tmp_path):
     assert "Keras2OnlyPooling" in str(info.value)
 
 
+def test_layer_named_like_a_keras2_class_is_not_taken_for_a_nested_one(tmp_path):
+    # The config is walked, not searched as text: a Dense layer named
+    # "LocallyConnected1D" is a Dense layer.
+    path = copy_fixture("mixed_conv_lc1d_dense", tmp_path)
+    with h5py.File(path, "r+") as file:
+        config = json.loads(file.attrs["model_config"])
+        dense = config["config"]["layers"][-1]
+        assert dense["class_name"] == "Dense"
+        dense["config"]["name"] = "LocallyConnected1D"
+        file.attrs["model_config"] = json.dumps(config)
+    model = legacy.load_model(path, compile=False)
+    assert isinstance(model.layers[-1], keras.layers.Dense)
+    assert model.layers[-1].name == "LocallyConnected1D"
+
+
 def test_lc_inside_nested_model_raises_naming_the_container():
     with pytest.raises(ValueError, match=r"nested_lc1d\.h5: layer 'inner'"):
         legacy.load_model(FIXTURES / "nested_lc1d.h5")
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        lambda path: legacy.load_model(path),
+        lambda path: legacy.load_weights(weights_only_architecture(4), path),
+    ],
+    ids=["load_model", "load_weights"],
+)
+@pytest.mark.parametrize(
+    "fixture", ["nested_lc1d", "weights_only_lc", "truncated", "text"]
+)
+def test_file_errors_name_the_path_once_at_the_start(load, fixture, tmp_path):
+    if fixture == "truncated":
+        data = (FIXTURES / "mixed_conv_lc2d_dense.h5").read_bytes()
+        path = tmp_path / "truncated.h5"
+        path.write_bytes(data[: len(data) // 2])
+    elif fixture == "text":
+        path = tmp_path / "text.h5"
+        path.write_text("not a model\n")
+    else:
+        path = copy_fixture(fixture, tmp_path)
+    with pytest.raises(ValueError) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert message.count(str(path)) == 1
 
 
 # --------------------------------------------------------------------------

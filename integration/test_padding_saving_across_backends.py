@@ -9,7 +9,11 @@ import keras
 import pytest
 
 from integration.keras3_models import load_and_compare
-from integration.test_saving_across_backends import SAVED_UNDER, _installed_backends
+from integration.test_saving_across_backends import (
+    NEWEST_WRITER,
+    SAVED_UNDER,
+    _installed_backends,
+)
 
 ROOT = pathlib.Path(__file__).parent.parent
 FIXTURES = ROOT / "integration" / "keras3_fixtures"
@@ -29,6 +33,7 @@ def _run(backend, *args):
     return result.stdout
 
 
+@pytest.mark.needs_keras(NEWEST_WRITER)
 @pytest.mark.parametrize("saved_under", SAVED_UNDER)
 def test_padding_model_saved_under_each_backend_predicts_the_same_here(saved_under):
     """Committed files written by `nox -s keras3_fixtures` under each backend."""

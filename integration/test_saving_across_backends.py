@@ -1,10 +1,12 @@
 """A `.keras` file saved under one backend loads under every other one."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import zipfile
 
 import keras
 import pytest
@@ -49,6 +51,22 @@ def _run(backend, *args):
     return result.stdout
 
 
+def _written_by(path):
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("metadata.json"))["keras_version"]
+
+
+# Keras reads files written by its own and older releases, not newer ones
+# (their configs may hold arguments an older release does not know). The
+# committed files come from a recent Keras; where the running Keras is older
+# (`tests-oldest`), conftest.py deselects the test that reads them.
+NEWEST_WRITER = max(
+    (_written_by(path) for path in FIXTURES.glob("*.keras")),
+    key=lambda text: tuple(int(p) for p in text.split(".")[:3] if p.isdigit()),
+)
+
+
+@pytest.mark.needs_keras(NEWEST_WRITER)
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("saved_under", SAVED_UNDER)
 def test_model_saved_under_each_backend_predicts_the_same_here(saved_under, model):

@@ -15,6 +15,7 @@ at the time of writing Keras implements `ModelParallel` on JAX.
 import re
 
 from keras.distribution import DeviceMesh, LayoutMap
+from keras.layers import Layer
 
 from keras_localconn.layers import BaseLocallyConnected
 
@@ -26,12 +27,12 @@ DEFAULT_NAME_PATTERN = r"(?:.*/)?locally_connected[123]d(?:_\d+)?"
 
 
 def positions_layout_map(
-    mesh_or_layout_map,
-    model=None,
+    mesh_or_layout_map: DeviceMesh | LayoutMap,
+    model: Layer | None = None,
     *,
-    axis_name="model",
-    name_pattern=None,
-):
+    axis_name: str = "model",
+    name_pattern: str | None = None,
+) -> LayoutMap:
     """A `LayoutMap` that shards locally connected kernels over their positions.
 
     The kernel ``(P, K, filters)`` of each selected layer is laid out as
@@ -53,7 +54,10 @@ def positions_layout_map(
       the same variable paths: explicit layer names, or the same construction
       after `keras.backend.clear_session()` (which restarts automatic names).
     - **From a name pattern** (`model` None): one regex entry,
-      ``f"{name_pattern}/kernel"``, usable before any model exists. The
+      ``f"^(?:{name_pattern})/kernel$"``, usable before any model exists
+      (anchored, so that `LayoutMap`'s ``re.search`` selects the same paths
+      as the full match made with a model). Without a model the layer
+      classes are unknown: any kernel whose layer path matches is sharded. The
       biases are left replicated (their sizes are unknown here, and each is
       ``K`` times smaller than its kernel). A kernel whose ``P`` the mesh axis
       does not divide fails when it is created.
@@ -115,7 +119,7 @@ def positions_layout_map(
 
     if model is None:
         pattern = DEFAULT_NAME_PATTERN if name_pattern is None else name_pattern
-        layout_map[f"{pattern}/kernel"] = (axis_name, None, None)
+        layout_map[_kernel_path_regex(pattern)] = (axis_name, None, None)
         return layout_map
 
     selected = [
@@ -145,6 +149,15 @@ def positions_layout_map(
         if bias is not None and bias.shape[0] % axis_size == 0:
             layout_map[bias.path] = (axis_name, *(None,) * (len(bias.shape) - 1))
     return layout_map
+
+
+def _kernel_path_regex(name_pattern):
+    """A `LayoutMap` key selecting the kernels whose layer path fully matches.
+
+    `LayoutMap` looks regex keys up with `re.search`, which matches anywhere
+    in the path; the anchors make it a full match.
+    """
+    return f"^(?:{name_pattern})/kernel$"
 
 
 def _layer_path(variable):

@@ -5,9 +5,10 @@ import math
 import keras
 import numpy as np
 import pytest
-from keras.src.testing import TestCase
 
 from keras_localconn import LocallyConnected1D, LocallyConnected2D, LocallyConnected3D
+from keras_localconn._keras_private import layer_test_case
+from keras_localconn.layers import base_locally_connected
 from tests.autodiff import to_numpy
 from tests.reference import reference_local_conv
 
@@ -234,12 +235,83 @@ def test_call_with_other_channel_count_than_built_is_a_value_error():
         layer(np.zeros((1, 5, 5, 2), "float32"))
 
 
+def test_call_on_other_spatial_shape_than_built_says_built_for_and_received():
+    layer = LocallyConnected2D(4, 3, name="faces")
+    layer(np.zeros((1, 5, 5, 3), "float32"))
+    with pytest.raises(
+        ValueError,
+        match=r"'faces' was built for inputs of spatial shape \(5, 5\) and "
+        r"received an input of spatial shape \(6, 5\)",
+    ):
+        layer(np.zeros((1, 6, 5, 3), "float32"))
+
+
+def test_numpy_integers_are_accepted_for_filters_and_kernel_size():
+    layer = LocallyConnected2D(np.int64(4), np.int32(3), strides=np.int64(1))
+    assert layer.filters == 4 and type(layer.filters) is int
+    assert layer.kernel_size == (3, 3)
+    assert layer.compute_output_shape((None, 5, 5, 2)) == (None, 3, 3, 4)
+    assert layer.get_config()["filters"] == 4
+
+
+def test_kernel_above_the_memory_limit_raises_before_any_weight_exists(monkeypatch):
+    monkeypatch.delenv(base_locally_connected.MAX_KERNEL_BYTES_VARIABLE, raising=False)
+    monkeypatch.setattr(
+        base_locally_connected, "_physical_memory_bytes", lambda: 64 * 2**30
+    )
+    layer = LocallyConnected2D(512, 3, name="huge")
+    # (1022 * 1022, 3 * 3 * 64, 512) float32: 1.23 TB.
+    with pytest.raises(ValueError) as info:
+        layer(keras.Input((1024, 1024, 64)))
+    message = str(info.value)
+    for part in (
+        "'huge'",
+        "(1044484, 576, 512)",
+        "(1.23 TB) of float32",
+        "limit of 34,359,738,368 bytes (34.4 GB)",
+        "1044484 output positions",
+        "`strides`",
+        "smaller input",
+        "Conv2D",
+        "KERAS_LOCALCONN_MAX_KERNEL_BYTES",
+    ):
+        assert part in message, part
+    assert not layer.built and not layer.weights
+
+
+def test_kernel_limit_defaults_to_half_the_physical_memory(monkeypatch):
+    monkeypatch.delenv(base_locally_connected.MAX_KERNEL_BYTES_VARIABLE, raising=False)
+    memory = base_locally_connected._physical_memory_bytes()
+    if memory is None:
+        assert base_locally_connected.max_kernel_bytes() is None
+    else:
+        assert memory > 2**20
+        assert base_locally_connected.max_kernel_bytes() == memory // 2
+
+
+def test_kernel_limit_is_overridden_by_the_environment_variable(monkeypatch):
+    variable = base_locally_connected.MAX_KERNEL_BYTES_VARIABLE
+    # kernel (3 * 3, 3 * 3 * 2, 4) float32: 2592 bytes.
+    monkeypatch.setenv(variable, "2591")
+    with pytest.raises(
+        ValueError, match=r"2,592 bytes \(2.59 KB\).*limit of 2,591 bytes.*set with"
+    ):
+        LocallyConnected2D(4, 3).build((None, 5, 5, 2))
+    monkeypatch.setenv(variable, "2592")
+    LocallyConnected2D(4, 3).build((None, 5, 5, 2))
+    monkeypatch.setenv(variable, "0")
+    assert base_locally_connected.max_kernel_bytes() is None
+    monkeypatch.setenv(variable, "lots")
+    with pytest.raises(ValueError, match=r"must be an integer.*'lots'"):
+        LocallyConnected2D(4, 3).build((None, 5, 5, 2))
+
+
 # --------------------------------------------------------------------------
 # Keras behaviour
 # --------------------------------------------------------------------------
 
 
-class LayerBehaviourTest(TestCase):
+class LayerBehaviourTest(layer_test_case()):
     """Keras' own layer test harness (training, mixed precision, serialization)."""
 
     def test_locally_connected_1d(self):
@@ -355,13 +427,20 @@ def test_regularization_losses_count_kernel_bias_then_activity():
     assert len(layer.losses) == 3
     kernel, bias = (to_numpy(w) for w in layer.weights)
     values = sorted(float(to_numpy(v)) for v in layer.losses)
+    # Keras' own convention for activity losses (recent releases divide by
+    # the batch size, older ones did not), read from a layer of its own.
+    keras_activity = keras.layers.Activation(
+        "linear", activity_regularizer=keras.regularizers.L1(1.0)
+    )
+    keras_activity(y)
     expected = sorted(
         [
             0.01 * float(np.sum(kernel**2)),
             0.01 * float(np.sum(bias**2)),
-            float(np.sum(np.abs(y))) / x.shape[0],
+            float(to_numpy(keras_activity.losses[0])),
         ]
     )
+    assert expected[2] > 0
     np.testing.assert_allclose(values, expected, rtol=1e-4)
 
 

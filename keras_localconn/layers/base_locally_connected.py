@@ -2,14 +2,63 @@
 
 import copy
 import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 from keras import activations, constraints, initializers, ops, regularizers
+from keras.constraints import Constraint
+from keras.initializers import Initializer
 from keras.layers import InputSpec, Layer
+from keras.regularizers import Regularizer
 
 from keras_localconn import _arguments, _shapes
 from keras_localconn import ops as lc_ops
 
 _IMPLEMENTATIONS = (1, 2, 3)
+
+#: Environment variable: the largest kernel, in bytes, a layer may create.
+MAX_KERNEL_BYTES_VARIABLE = "KERAS_LOCALCONN_MAX_KERNEL_BYTES"
+
+
+def _physical_memory_bytes():
+    """The machine's physical memory (host RAM), or None where unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return None
+
+
+def max_kernel_bytes() -> int | None:
+    """The largest kernel a layer creates, in bytes; None for no limit.
+
+    `$KERAS_LOCALCONN_MAX_KERNEL_BYTES` (an integer; 0 for no limit) if set,
+    else half the machine's physical memory: training holds the kernel, its
+    gradient and the optimizer's slots, several times the kernel.
+    """
+    value = os.environ.get(MAX_KERNEL_BYTES_VARIABLE)
+    if value is not None:
+        try:
+            limit = int(value)
+        except ValueError:
+            raise ValueError(
+                f"${MAX_KERNEL_BYTES_VARIABLE} must be an integer number of "
+                f"bytes (0 for no limit). Received: {value!r}"
+            ) from None
+        return limit if limit > 0 else None
+    memory = _physical_memory_bytes()
+    return memory // 2 if memory else None
+
+
+def _format_bytes(count):
+    """`count` bytes, exactly and in decimal units: '2,592 bytes (2.59 KB)'."""
+    scaled = count
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if scaled < 1000 or unit == "TB":
+            break
+        scaled /= 1000
+    return f"{count:,} bytes" + (f" ({scaled:.3g} {unit})" if unit != "bytes" else "")
 
 
 class BaseLocallyConnected(Layer):
@@ -26,25 +75,25 @@ class BaseLocallyConnected(Layer):
 
     def __init__(
         self,
-        rank,
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        data_format=None,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        implementation=1,
-        dilation_rate=1,
-        **kwargs,
-    ):
+        rank: int,
+        filters: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str = "valid",
+        data_format: str | None = None,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | dict | Initializer = "glorot_uniform",
+        bias_initializer: str | dict | Initializer = "zeros",
+        kernel_regularizer: str | dict | Regularizer | None = None,
+        bias_regularizer: str | dict | Regularizer | None = None,
+        activity_regularizer: str | dict | Regularizer | None = None,
+        kernel_constraint: str | dict | Constraint | None = None,
+        bias_constraint: str | dict | Constraint | None = None,
+        implementation: int = 1,
+        dilation_rate: int | Sequence[int] = 1,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         owner = self._owner
         self.rank = rank
@@ -100,7 +149,9 @@ class BaseLocallyConnected(Layer):
             )
         return spatial, channels
 
-    def output_spatial_shape(self, input_shape):
+    def output_spatial_shape(
+        self, input_shape: Sequence[int | None]
+    ) -> tuple[int, ...]:
         """The output spatial shape for `input_shape` (batch included)."""
         return self._geometry(input_shape).output_shape
 
@@ -126,10 +177,12 @@ class BaseLocallyConnected(Layer):
     def build(self, input_shape):
         geo = self._geometry(input_shape)
         channels, out = geo.channels, geo.output_shape
+        kernel_shape = geo.kernel_shape(self.filters)
+        self._check_kernel_size(kernel_shape, geo)
         self.input_spec = InputSpec(
             ndim=self.rank + 2, axes={self._channel_axis: channels}
         )
-        kernel_shape = geo.kernel_shape(self.filters)
+        self._built_spatial_shape = geo.spatial_shape
         self.kernel = self.add_weight(
             name="kernel",
             shape=kernel_shape,
@@ -152,6 +205,35 @@ class BaseLocallyConnected(Layer):
         else:
             self.bias = None
 
+    def _check_kernel_size(self, kernel_shape, geo):
+        """Refuse, before allocating, a kernel the machine cannot hold."""
+        limit = max_kernel_bytes()
+        dtype = self.dtype or "float32"
+        itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+        size = math.prod(kernel_shape) * itemsize
+        if limit is None or size <= limit:
+            return
+        if MAX_KERNEL_BYTES_VARIABLE in os.environ:
+            origin = f"The limit was set with ${MAX_KERNEL_BYTES_VARIABLE}."
+        else:
+            origin = (
+                f"The limit is half of this machine's memory; set "
+                f"${MAX_KERNEL_BYTES_VARIABLE} (bytes, 0 for no limit) to change it."
+            )
+        raise ValueError(
+            f"{self._owner}: the kernel would have shape {kernel_shape} "
+            f"(output positions, kernel_size x channels, filters), "
+            f"{_format_bytes(size)} of {dtype}, above the limit of "
+            f"{_format_bytes(limit)}. A locally connected layer has separate "
+            f"weights for each of its {geo.num_positions} output positions "
+            f"(output shape {geo.output_shape} for input spatial shape "
+            f"{geo.spatial_shape}), so its weights grow with the input size. "
+            f"Use larger `strides` or a smaller input (for example after "
+            f"pooling) to have fewer output positions, or a "
+            f"keras.layers.Conv{self.rank}D, which shares its weights across "
+            f"positions. {origin}"
+        )
+
     def _per_position_initializer(self, num_positions):
         # Variance-scaling initializers (glorot, he, lecun) compute fans from
         # the whole (P, K, filters) shape, i.e. P times too large for what each
@@ -164,6 +246,19 @@ class BaseLocallyConnected(Layer):
         return initializer
 
     def call(self, inputs):
+        spatial_shape, _ = _shapes.split_input_shape(inputs.shape, self.data_format)
+        built_for = getattr(self, "_built_spatial_shape", None)
+        if built_for is not None and any(
+            n is not None and n != m for n, m in zip(spatial_shape, built_for)
+        ):
+            raise ValueError(
+                f"{self._owner} was built for inputs of spatial shape "
+                f"{built_for} and received an input of spatial shape "
+                f"{tuple(spatial_shape)} (input shape {tuple(inputs.shape)}, "
+                f"data_format='{self.data_format}'). Its weights are per "
+                f"output position, so the spatial shape is fixed when it is "
+                f"built: resize the inputs, or use a new layer for this shape."
+            )
         bias = None
         if self.use_bias:
             bias = ops.reshape(self.bias, (math.prod(self.bias.shape[:-1]), -1))

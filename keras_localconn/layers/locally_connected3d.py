@@ -1,5 +1,11 @@
 """`LocallyConnected3D`: locally connected layer for 3D inputs (volumes, video)."""
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from keras.constraints import Constraint
+from keras.initializers import Initializer
+from keras.regularizers import Regularizer
 from keras.saving import register_keras_serializable
 
 from keras_localconn.layers.base_locally_connected import BaseLocallyConnected
@@ -90,24 +96,24 @@ class LocallyConnected3D(BaseLocallyConnected):
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        data_format=None,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        implementation=1,
-        dilation_rate=1,
-        **kwargs,
-    ):
+        filters: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str = "valid",
+        data_format: str | None = None,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | dict | Initializer = "glorot_uniform",
+        bias_initializer: str | dict | Initializer = "zeros",
+        kernel_regularizer: str | dict | Regularizer | None = None,
+        bias_regularizer: str | dict | Regularizer | None = None,
+        activity_regularizer: str | dict | Regularizer | None = None,
+        kernel_constraint: str | dict | Constraint | None = None,
+        bias_constraint: str | dict | Constraint | None = None,
+        implementation: int = 1,
+        dilation_rate: int | Sequence[int] = 1,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             rank=3,
             filters=filters,

@@ -1,0 +1,54 @@
+"""Every use of Keras' private modules (``keras.src``), in one place.
+
+Keras exports no public API for these needs. A Keras release that moves one of
+them breaks this module only, and the ``tests-oldest`` and latest-Keras test
+sessions catch it.
+"""
+
+
+def model_from_keras2_config(model_config, custom_objects, safe_mode):
+    """A Keras 3 model rebuilt from a Keras 2 (``.h5``) model config.
+
+    The reader `keras.models.load_model` uses for ``.h5`` files: it knows the
+    Keras 2 config forms (``batch_input_shape``, Keras 2 initializer and
+    regularizer dicts, list-form ``inbound_nodes``) that the public
+    `keras.models.model_from_json` does not. `model_config` is edited in place.
+    """
+    from keras.src.legacy.saving import saving_options, saving_utils
+    from keras.src.saving import serialization_lib
+
+    with saving_options.keras_option_scope(use_legacy_config=True):
+        with serialization_lib.SafeModeScope(safe_mode):
+            return saving_utils.model_from_config(
+                model_config, custom_objects=custom_objects
+            )
+
+
+def compile_arguments_from_keras2_training_config(training_config, custom_objects):
+    """`model.compile` keyword arguments from a Keras 2 ``training_config``.
+
+    Keras 2 optimizer, loss and metric configs, read as `keras.models.load_model`
+    reads them from ``.h5`` files.
+    """
+    from keras.src.legacy.saving import saving_utils
+
+    return saving_utils.compile_args_from_training_config(
+        training_config, custom_objects
+    )
+
+
+def sublayers(layer):
+    """Every layer inside `layer` (nested models, wrappers), `layer` excluded.
+
+    Keras tracks these for any container (``Sequential``, functional models,
+    ``TimeDistributed``, ``Bidirectional``, custom layers holding layers); only
+    the private ``_flatten_layers`` walks them all.
+    """
+    return list(layer._flatten_layers(include_self=False))
+
+
+def layer_test_case():
+    """Keras' own layer test harness (``run_layer_test``), for the tests."""
+    from keras.src.testing import TestCase
+
+    return TestCase
