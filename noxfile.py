@@ -235,6 +235,8 @@ def _bench(session, backend):
     groups = ["bench", "bench-jax"] if backend == "jax" else ["bench"]
     install_backend(session, backend, *_groups(*groups))
     session.run("python", "benchmarks/run.py", *session.posargs)
+    if not session.posargs:  # the transposed layers, beside their references
+        session.run("python", "benchmarks/transpose.py")
 
 
 _backend_sessions("bench", TRAINING_BACKENDS, TRAINING_BACKENDS, _bench)

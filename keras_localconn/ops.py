@@ -19,7 +19,8 @@ measurements behind each choice.
 """
 
 import math
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -61,8 +62,12 @@ def _geometry(
 
 
 def local_conv_padding(
-    spatial_shape, kernel_size, strides=1, padding="valid", dilation_rate=1
-):
+    spatial_shape: Sequence[int],
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: str | int | Sequence = "valid",
+    dilation_rate: int | Sequence[int] = 1,
+) -> tuple[tuple[int, int], ...]:
     """Per-axis ``(before, after)`` padding that `local_conv` applies.
 
     ``"valid"``: none. ``"same"``: output length ``ceil(n / stride)``, with
@@ -90,8 +95,12 @@ def local_conv_padding(
 
 
 def local_conv_output_shape(
-    spatial_shape, kernel_size, strides=1, padding="valid", dilation_rate=1
-):
+    spatial_shape: Sequence[int],
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: str | int | Sequence = "valid",
+    dilation_rate: int | Sequence[int] = 1,
+) -> tuple[int, ...]:
     """Output spatial shape of a local convolution over `spatial_shape`.
 
     Raises a `ValueError` naming the dimension when an output size is <= 0.
@@ -112,13 +121,28 @@ def local_conv_output_shape(
     return geo.output_shape
 
 
-def local_conv_kernel_shape(output_shape, kernel_size, channels, filters):
-    """The kernel shape ``(P, K, filters)`` for the given output spatial shape."""
-    return (
-        math.prod(output_shape),
-        math.prod(kernel_size) * channels,
-        filters,
+def local_conv_kernel_shape(
+    output_shape: Sequence[int],
+    kernel_size: int | Sequence[int],
+    channels: int,
+    filters: int,
+) -> tuple[int, int, int]:
+    """The kernel shape ``(P, K, filters)`` for the given output spatial shape.
+
+    >>> from keras_localconn.ops import local_conv_kernel_shape
+    >>> local_conv_kernel_shape((55, 55), kernel_size=9, channels=16, filters=16)
+    (3025, 1296, 16)
+    """
+    owner = "local_conv_kernel_shape"
+    output_shape = _arguments.normalize_tuple(
+        output_shape, len(output_shape), "output_shape", owner
     )
+    kernel_size = _arguments.normalize_tuple(
+        kernel_size, len(output_shape), "kernel_size", owner
+    )
+    channels = _arguments.normalize_positive_int(channels, "channels", owner)
+    filters = _arguments.normalize_positive_int(filters, "filters", owner)
+    return (math.prod(output_shape), math.prod(kernel_size) * channels, filters)
 
 
 # --------------------------------------------------------------------------
@@ -127,14 +151,14 @@ def local_conv_kernel_shape(output_shape, kernel_size, channels, filters):
 
 
 def local_conv(
-    inputs,
-    kernel,
-    kernel_size,
-    strides=1,
-    padding="valid",
-    dilation_rate=1,
-    data_format=None,
-):
+    inputs: Any,
+    kernel: Any,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: str | int | Sequence = "valid",
+    dilation_rate: int | Sequence[int] = 1,
+    data_format: str | None = None,
+) -> Any:
     """Locally connected N-D convolution (unshared weights), without bias.
 
     Like `keras.ops.conv`, except that every output position has its own

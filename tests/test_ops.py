@@ -276,6 +276,7 @@ def test_gradients_equal_directional_derivatives_of_reference(case, data_format)
 def test_kernel_shape_is_positions_by_patch_by_filters():
     assert local_conv_kernel_shape((30, 30), (3, 3), 3, 64) == (900, 27, 64)
     assert local_conv_kernel_shape((8,), (3,), 32, 64) == (8, 96, 64)
+    assert local_conv_kernel_shape((8, 8), 3, 2, np.int64(4)) == (64, 18, 4)
 
 
 def test_kernel_of_wrong_shape_is_a_value_error_stating_expected_and_received():
