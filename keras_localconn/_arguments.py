@@ -25,8 +25,8 @@ def normalize_positive_int(value, name, owner):
     return int(value)
 
 
-def normalize_tuple(value, rank, name, owner):
-    """`value` as a tuple of `rank` positive ints, or a `ValueError`."""
+def normalize_tuple(value, rank, name, owner, minimum=1):
+    """`value` as a tuple of `rank` ints ``>= minimum``, or a `ValueError`."""
     if _is_int(value):
         values = (int(value),) * rank
     else:
@@ -45,9 +45,10 @@ def normalize_tuple(value, rank, name, owner):
                 f"{owner}: `{name}` must have {rank} element(s), one per spatial "
                 f"dimension. Received: {name}={value!r}"
             )
-    if any(v <= 0 for v in values):
+    if any(v < minimum for v in values):
+        allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(
-            f"{owner}: every element of `{name}` must be a positive integer. "
+            f"{owner}: every element of `{name}` must be {allowed}. "
             f"Received: {name}={value!r}"
         )
     return values
@@ -171,25 +172,9 @@ def normalize_output_padding(output_padding, strides, owner):
     """None, or a tuple of ints with ``0 <= output_padding < strides`` per axis."""
     if output_padding is None:
         return None
-    rank = len(strides)
-    if _is_int(output_padding):
-        values = (int(output_padding),) * rank
-    else:
-        try:
-            values = tuple(output_padding)
-        except TypeError:
-            values = None
-        if values is None or not all(_is_int(v) for v in values):
-            raise ValueError(
-                f"{owner}: `output_padding` must be None, an int or a tuple of "
-                f"{rank} ints. Received: output_padding={output_padding!r}"
-            )
-        values = tuple(int(v) for v in values)
-        if len(values) != rank:
-            raise ValueError(
-                f"{owner}: `output_padding` must have {rank} element(s), one per "
-                f"spatial dimension. Received: output_padding={output_padding!r}"
-            )
+    values = normalize_tuple(
+        output_padding, len(strides), "output_padding", owner, minimum=0
+    )
     for axis, (extra, stride) in enumerate(zip(values, strides)):
         if not 0 <= extra < stride:
             raise ValueError(

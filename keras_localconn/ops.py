@@ -396,11 +396,13 @@ def _compute(
     if batch_before_channels is None:
         batch_before_channels = choice.batch_before_channels
     x = _padded_spatial_first(inputs, geo, channels_last, batch_before_channels)
-    x_rows = kops.reshape(x, (math.prod(geo.padded_shape), *x.shape[-2:]))
-    if not batch_before_channels:
-        # One row of channels * batch values: torch's gather then copies
-        # whole contiguous rows (2x faster, measured in benchmarks/).
-        x_rows = kops.reshape(x_rows, (x_rows.shape[0], -1))
+    # One row per pixel: (batch, channels), or channels * batch values in
+    # one contiguous row, which torch's gather copies whole (2x faster).
+    num_pixels = math.prod(geo.padded_shape)
+    if batch_before_channels:
+        x_rows = kops.reshape(x, (num_pixels, -1, geo.channels))
+    else:
+        x_rows = kops.reshape(x, (num_pixels, -1))
     rows = _shapes.gather_rows(geo)
     num_positions, filters = geo.num_positions, kernel.shape[-1]
     if chunk is None:
@@ -443,7 +445,7 @@ def _compute(
                     )
                 ]
             )  # (count, chunk, B, F)
-        outputs = kops.reshape(outputs, (covered, *outputs.shape[2:]))
+        outputs = kops.reshape(outputs, (covered, -1, filters))
         if covered < num_positions:
             rest = _contract(x_rows, rows[covered:].ravel(), kernel[covered:], *args)
             outputs = kops.concatenate([outputs, rest], axis=0)

@@ -149,3 +149,29 @@ def test_every_formulation_with_circular_or_explicit_padding(
         x, kernel, kernel_size, strides, dilation, ref_padding, data_format
     )
     np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["cb", "bc"])
+def test_chunks_in_a_model_traced_for_any_batch_size(monkeypatch, batch_first):
+    """A functional model is traced with an unknown batch size; predict
+    then runs the chunked path (forced by a tiny chunk budget) on two sizes."""
+    from keras_localconn import LocallyConnected2D
+
+    monkeypatch.setattr(ops, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(
+        ops,
+        "_BACKEND_CHOICES",
+        {keras.backend.backend(): ops._BackendChoice(batch_first, True, True)},
+    )
+    inputs = keras.Input((6, 5, 3))
+    layer = LocallyConnected2D(4, (3, 2), use_bias=False)
+    model = keras.Model(inputs, layer(inputs))
+    kernel = to_numpy(layer.kernel)
+    for batch in (3, 5):
+        x = np.random.default_rng(batch).normal(size=(batch, 6, 5, 3))
+        x = x.astype("float32")
+        expected = reference_local_conv(
+            x, kernel, (3, 2), (1, 1), (1, 1), "valid", "channels_last"
+        )
+        y = model.predict(x, verbose=0)
+        np.testing.assert_allclose(y, expected, rtol=RTOL, atol=ATOL)

@@ -469,7 +469,7 @@ def _call(**kwargs):
         (dict(strides=2, output_padding=2), r"strictly less than the `strides`"),
         (dict(output_padding=-1, strides=2), r"output_padding=-1"),
         (dict(output_padding=(0, 0, 0)), r"`output_padding` must have 2 element"),
-        (dict(output_padding="1"), r"`output_padding` must be None, an int"),
+        (dict(output_padding="1"), r"`output_padding` must be an int or a tuple"),
         (dict(data_format="NHWC"), r"`data_format` must be one of"),
         (
             dict(kernel=np.zeros((15, 27, 2), "float32")),
