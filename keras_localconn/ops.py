@@ -300,27 +300,36 @@ class _BackendChoice(NamedTuple):
     batch_before_channels: bool  # input rows of (batch, channels)
     loop_by_map: bool  # chunks through keras.ops.map, else unstack + loop
     remat: bool  # patches rebuilt in the backward pass, not kept
+    chunk_above_kernel: bool  # chunks only once patches outweigh the kernel
 
 
-# What differs by backend, each measured on L4 at batch 8 and 32 (one thread,
-# CPU time; docs/performance.md):
-# - rows of (batch, channels), patches transposed to (c, B, K) after the
-#   gather: XLA fuses the transpose into the gather (jax 2x faster than rows
-#   of (channels, batch)); under torch the transpose is a copy (2-3x slower)
-#   and the (c, K, B) patches are read transposed by bmm in place.
-# - keras.ops.map compiles one loop body (jax.lax.map, tf.map_fn); under
-#   torch it is a Python loop that indexes the stacked kernel chunks, so its
-#   backward pass writes a kernel-sized zero gradient per chunk (26 s against
-#   2 s for a training step); unstack + a Python loop writes one in all.
-# - rematerialising the patches (keras.remat) made the training step faster
-#   and half as large on jax (0.96 s against 1.9 s) and tensorflow (3.4 s
-#   against 5.8 s); under torch it cost 30% more time for the same memory.
+# What differs by backend, measured on L4 (wall clock, 2 threads, medians of
+# interleaved runs, one process per backend; forward ms at batch 8 / 32):
+#
+#                      all at once      chunks: map      chunks: unstack loop
+#   rows of            (B,C)   (C,B)    (B,C)            (B,C)     (C,B)
+#   jax               119/371 134/536  180/154          187/319   235/525
+#   tensorflow        235/916 194/636  204/466           90/286    87/246
+#   torch             183/663  93/313  133/294          109/230    45/184
+#
+# - jax: XLA fuses the transpose of (B, C) rows into the gather, and runs
+#   keras.ops.map as one compiled loop; chunks pay off only once the patches
+#   outweigh the kernel (batch 32 here, not 8).
+# - tensorflow and torch: (C, B) rows, whose (c, K, B) patches the batched
+#   matmul reads transposed in place, and a Python loop over unstacked kernel
+#   chunks (under torch keras.ops.map indexes the stacked chunks, so its
+#   backward pass writes a kernel-sized zero gradient per chunk: 26 s
+#   against 2 s for a training step).
+# - rematerialising the patches for the backward pass (keras.remat) made the
+#   training step at batch 32 faster and half as large on jax (0.96 s
+#   against 1.9 s, one thread) and as fast on tensorflow (1.46 s against
+#   1.49 s); under torch it cost 30% more time for the same memory.
 _BACKEND_CHOICES = {
-    "jax": _BackendChoice(True, True, True),
-    "tensorflow": _BackendChoice(True, True, True),
-    "torch": _BackendChoice(False, False, False),
+    "jax": _BackendChoice(True, True, True, True),
+    "tensorflow": _BackendChoice(False, False, True, False),
+    "torch": _BackendChoice(False, False, False, False),
 }
-_DEFAULT_CHOICE = _BackendChoice(True, True, True)
+_DEFAULT_CHOICE = _BackendChoice(True, True, True, True)
 
 
 def _padded_spatial_first(inputs, geo, channels_last, batch_before_channels):
@@ -371,14 +380,18 @@ def _contract(x_rows, rows, kernel, geo, channels_last, batch_before_channels):
     return kops.matmul(kops.transpose(patches, (0, 2, 1)), kernel)
 
 
-def _chunk_positions(geo, batch, itemsize):
+def _chunk_positions(geo, batch, itemsize, filters, above_kernel=False):
     """Output positions per chunk, or None for all positions at once.
 
     An unknown batch size (a graph traced for any batch) is taken to be 32.
+    With `above_kernel`, only patches larger than the kernel are chunked.
     """
     batch = _ASSUMED_BATCH if batch is None else batch
     per_position = geo.patch_size * batch * itemsize
-    if batch == 1 or geo.num_positions * per_position <= _CHUNK_BYTES:
+    patches = geo.num_positions * per_position
+    if batch == 1 or patches <= _CHUNK_BYTES:
+        return None
+    if above_kernel and batch <= filters:  # patches / kernel = batch / filters
         return None
     return max(1, min(geo.num_positions, _CHUNK_BYTES // per_position))
 
@@ -407,7 +420,9 @@ def _compute(
     num_positions, filters = geo.num_positions, kernel.shape[-1]
     if chunk is None:
         itemsize = np.dtype(keras.backend.standardize_dtype(inputs.dtype)).itemsize
-        chunk = _chunk_positions(geo, inputs.shape[0], itemsize)
+        chunk = _chunk_positions(
+            geo, inputs.shape[0], itemsize, filters, choice.chunk_above_kernel
+        )
     args = (geo, channels_last, batch_before_channels)
     if not chunk or chunk >= num_positions:
         outputs = _contract(x_rows, rows, kernel, *args)

@@ -20,20 +20,43 @@ from tests.test_padding_modes import CASES as PADDING_CASES
 
 RTOL = ATOL = 2e-5
 
-# (positions per chunk, batch before channels); chunk 0: all at once.
-# Chunks of 1 and 3 positions: 3 leaves a last chunk that overlaps the one
-# before it whenever P is not a multiple of 3.
-FORMULATIONS = [(0, False), (0, True), (1, False), (3, False), (1, True), (3, True)]
+# (positions per chunk, batch before channels, loop by keras.ops.map,
+# rematerialised patches); chunk 0: all positions at once. Chunks of 3 leave
+# a remainder whenever P is not a multiple of 3. Together they cover every
+# layout, both loops and both backward passes.
+FORMULATIONS = [
+    (0, False, True, True),
+    (0, True, True, True),
+    (1, False, True, True),
+    (3, True, True, False),
+    (1, True, False, True),
+    (3, False, False, False),
+]
 
 
 def _formulation_id(formulation):
-    chunk, batch_first = formulation
-    return f"chunk{chunk}-{'bc' if batch_first else 'cb'}"
+    chunk, batch_first, by_map, remat = formulation
+    return (
+        f"chunk{chunk}-{'bc' if batch_first else 'cb'}"
+        f"-{'map' if by_map else 'loop'}{'-remat' if remat else ''}"
+    )
+
+
+@pytest.fixture
+def use_formulation(monkeypatch):
+    """Makes `_local_conv` loop and rematerialise as the formulation says."""
+
+    def use(formulation):
+        chunk, batch_first, by_map, remat = formulation
+        choice = ops._BackendChoice(batch_first, by_map, remat, False)
+        monkeypatch.setattr(ops, "_BACKEND_CHOICES", {keras.backend.backend(): choice})
+
+    return use
 
 
 def _run(x, kernel, case, data_format, formulation, bias=None):
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    chunk, batch_first = formulation
+    chunk, batch_first = formulation[:2]
     return ops._local_conv(
         x,
         kernel,
@@ -51,7 +74,10 @@ def _run(x, kernel, case, data_format, formulation, bias=None):
 @pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("case", CASES[::2] + CASES[-7:], ids=_case_id)
-def test_every_formulation_equals_numpy_reference(case, data_format, formulation):
+def test_every_formulation_equals_numpy_reference(
+    case, data_format, formulation, use_formulation
+):
+    use_formulation(formulation)
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
     x, kernel, out, filters = _random_problem(case, data_format)
     bias = np.random.default_rng(3).normal(size=(math.prod(out), filters))
@@ -73,8 +99,11 @@ def test_every_formulation_equals_numpy_reference(case, data_format, formulation
 @pytest.mark.parametrize("formulation", FORMULATIONS[1:], ids=_formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("case", CASES[1::9], ids=_case_id)
-def test_every_formulation_has_the_reference_gradients(case, data_format, formulation):
+def test_every_formulation_has_the_reference_gradients(
+    case, data_format, formulation, use_formulation
+):
     """Directional derivatives, as in test_ops, through each formulation."""
+    use_formulation(formulation)
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
     x, kernel, out, filters = _random_problem(case, data_format)
     rng = np.random.default_rng(11)
@@ -111,22 +140,26 @@ def test_every_formulation_has_the_reference_gradients(case, data_format, formul
 
 def test_chunks_bound_the_patch_bytes_and_batch_one_is_never_chunked():
     geo = ops._geometry((63, 63), 16, (9, 9), 1, "valid", 1, "test")
-    assert ops._chunk_positions(geo, 1, 4) is None
+    assert ops._chunk_positions(geo, 1, 4, 16) is None
     per_position = geo.patch_size * 32 * 4
-    chunk = ops._chunk_positions(geo, 32, 4)
+    chunk = ops._chunk_positions(geo, 32, 4, 16)
     assert 1 <= chunk < geo.num_positions
     assert chunk * per_position <= ops._CHUNK_BYTES
     # A small problem is done in one piece, whatever the batch.
     small = ops._geometry((8, 8), 2, (3, 3), 1, "valid", 1, "test")
-    assert ops._chunk_positions(small, 64, 4) is None
+    assert ops._chunk_positions(small, 64, 4, 16) is None
+    # Where chunks pay off only above the kernel's size: batch > filters.
+    assert ops._chunk_positions(geo, 8, 4, 16, above_kernel=True) is None
+    assert ops._chunk_positions(geo, 32, 4, 16, above_kernel=True) == chunk
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("case", PADDING_CASES[::3], ids=str)
 def test_every_formulation_with_circular_or_explicit_padding(
-    case, data_format, formulation
+    case, data_format, formulation, use_formulation
 ):
+    use_formulation(formulation)
     spatial, channels, kernel_size, strides, dilation, padding, ref_padding = case
     rng = np.random.default_rng(5)
     shape = (
@@ -151,8 +184,9 @@ def test_every_formulation_with_circular_or_explicit_padding(
     np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("by_map", [False, True], ids=["loop", "map"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["cb", "bc"])
-def test_chunks_in_a_model_traced_for_any_batch_size(monkeypatch, batch_first):
+def test_chunks_in_a_model_traced_for_any_batch_size(monkeypatch, batch_first, by_map):
     """A functional model is traced with an unknown batch size; predict
     then runs the chunked path (forced by a tiny chunk budget) on two sizes."""
     from keras_localconn import LocallyConnected2D
@@ -161,7 +195,7 @@ def test_chunks_in_a_model_traced_for_any_batch_size(monkeypatch, batch_first):
     monkeypatch.setattr(
         ops,
         "_BACKEND_CHOICES",
-        {keras.backend.backend(): ops._BackendChoice(batch_first, True, True)},
+        {keras.backend.backend(): ops._BackendChoice(batch_first, by_map, True, False)},
     )
     inputs = keras.Input((6, 5, 3))
     layer = LocallyConnected2D(4, (3, 2), use_bias=False)
