@@ -383,10 +383,12 @@ def _contract(x_rows, rows, kernel, geo, channels_last, batch_before_channels):
 def _chunk_positions(geo, batch, itemsize, filters, above_kernel=False):
     """Output positions per chunk, or None for all positions at once.
 
-    An unknown batch size (a graph traced for any batch) is taken to be 32.
-    With `above_kernel`, only patches larger than the kernel are chunked.
+    An unknown or symbolic batch size (a graph traced or exported for any
+    batch) is taken to be 32. With `above_kernel`, only patches larger than
+    the kernel are chunked.
     """
-    batch = _ASSUMED_BATCH if batch is None else batch
+    if not isinstance(batch, (int, np.integer)):
+        batch = _ASSUMED_BATCH
     per_position = geo.patch_size * batch * itemsize
     patches = geo.num_positions * per_position
     if batch == 1 or patches <= _CHUNK_BYTES:
