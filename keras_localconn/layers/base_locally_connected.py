@@ -61,6 +61,20 @@ def _format_bytes(count):
     return f"{count:,} bytes" + (f" ({scaled:.3g} {unit})" if unit != "bytes" else "")
 
 
+def per_position_initializer(initializer, num_positions):
+    """`initializer`, scaled for a kernel with a leading positions axis.
+
+    Variance-scaling initializers (glorot, he, lecun) compute fans from the
+    whole (P, K, filters) shape, i.e. P times too large for what each
+    position sees. Scale them back so each position starts like a
+    convolution kernel would (fan_in = K, fan_out = filters).
+    """
+    if isinstance(initializer, initializers.VarianceScaling):
+        initializer = copy.copy(initializer)
+        initializer.scale = initializer.scale * num_positions
+    return initializer
+
+
 class BaseLocallyConnected(Layer):
     """N-D locally connected layer: a convolution with unshared weights.
 
@@ -186,7 +200,9 @@ class BaseLocallyConnected(Layer):
         self.kernel = self.add_weight(
             name="kernel",
             shape=kernel_shape,
-            initializer=self._per_position_initializer(kernel_shape[0]),
+            initializer=per_position_initializer(
+                self.kernel_initializer, kernel_shape[0]
+            ),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
             trainable=True,
@@ -233,17 +249,6 @@ class BaseLocallyConnected(Layer):
             f"keras.layers.Conv{self.rank}D, which shares its weights across "
             f"positions. {origin}"
         )
-
-    def _per_position_initializer(self, num_positions):
-        # Variance-scaling initializers (glorot, he, lecun) compute fans from
-        # the whole (P, K, filters) shape, i.e. P times too large for what each
-        # position sees. Scale them back so each position starts like a
-        # convolution kernel would (fan_in = K, fan_out = filters).
-        initializer = self.kernel_initializer
-        if isinstance(initializer, initializers.VarianceScaling):
-            initializer = copy.copy(initializer)
-            initializer.scale = initializer.scale * num_positions
-        return initializer
 
     def call(self, inputs):
         spatial_shape, _ = _shapes.split_input_shape(inputs.shape, self.data_format)

@@ -1,12 +1,12 @@
 """Rank-generic base class of the transposed locally connected layers."""
 
-import copy
 import math
 
 from keras import activations, constraints, initializers, ops, regularizers
 from keras.layers import InputSpec, Layer
 
 from keras_localconn import _arguments, _shapes, _transpose
+from keras_localconn.layers.base_locally_connected import per_position_initializer
 
 
 class BaseLocallyConnectedTranspose(Layer):
@@ -127,7 +127,9 @@ class BaseLocallyConnectedTranspose(Layer):
         self.kernel = self.add_weight(
             name="kernel",
             shape=kernel_shape,
-            initializer=self._per_position_initializer(kernel_shape[0]),
+            initializer=per_position_initializer(
+                self.kernel_initializer, kernel_shape[0]
+            ),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
             trainable=True,
@@ -145,16 +147,6 @@ class BaseLocallyConnectedTranspose(Layer):
             )
         else:
             self.bias = None
-
-    def _per_position_initializer(self, num_positions):
-        # As in BaseLocallyConnected: variance-scaling initializers count fans
-        # over the whole (P, K, channels) shape, P times too many; scale them
-        # back so each position starts like a convolution kernel would.
-        initializer = self.kernel_initializer
-        if isinstance(initializer, initializers.VarianceScaling):
-            initializer = copy.copy(initializer)
-            initializer.scale = initializer.scale * num_positions
-        return initializer
 
     def call(self, inputs):
         bias = None
