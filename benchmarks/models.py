@@ -15,7 +15,17 @@ in the process of one backend:
   tf.keras 2's `LocallyConnected2D(implementation=1)` (what DeepFace users
   ran), which runs on TensorFlow in the same process whatever the Keras
   backend; and the peak memory of the batch-32 training step of both, each
-  in a fresh subprocess.
+  in a fresh subprocess;
+- what bounds the cases, each part timed alone (`time_parts`): Keras' own
+  cost of one `predict_on_batch` call (an Identity model), and for L4 at
+  batch 8 and 32 the two steps of the computation on this backend: building
+  the patches (a gather of input rows) and contracting pre-built patches
+  with the kernel (one batched matmul, ``(P, B, K) @ (P, K, F)``).
+
+On TensorFlow, `run.py` times this module a second time in a fresh process
+with ``TF_ENABLE_ONEDNN_OPTS=1``: TensorFlow turns oneDNN off by default on
+CPUs without AVX-512 (this machine), and its batched matmul then runs on
+Eigen.
 """
 
 import dataclasses
@@ -233,6 +243,73 @@ def _interleaved(steps, rounds, budget_s):
     return {name: 1e3 * statistics.median(v) for name, v in samples.items()}
 
 
+def onednn_enabled(backend):
+    """Whether TensorFlow runs its oneDNN kernels here (None: not TensorFlow)."""
+    if backend != "tensorflow":
+        return None
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _patch_rows(layer):
+    """Input row of every (position, kernel offset) of a stride-1 2D layer,
+    position-major: the gather that builds the patches."""
+    height, width = layer.input_shape[:2]
+    out_h, out_w = layer.output_spatial
+    kh, kw = layer.kernel_size
+    oy, ox, ky, kx = np.meshgrid(
+        np.arange(out_h), np.arange(out_w), np.arange(kh), np.arange(kw), indexing="ij"
+    )
+    return ((oy + ky) * width + (ox + kx)).reshape(-1).astype("int32")
+
+
+def time_parts(backend, rates, rounds=7):
+    """Keras' per-call cost, then L4's gather and contraction, each alone."""
+    import keras
+    from keras import ops
+
+    layer = LAYERS[0]
+    rng = np.random.default_rng(0)
+    inputs = keras.Input(LAYERS[2].input_shape)
+    identity = keras.Model(inputs, keras.layers.Identity()(inputs))
+    x, _ = _data((LAYERS[2],), 1)
+    parts = {
+        "dispatch_ms": _median_ms(lambda: identity.predict_on_batch(x), 3 * rounds)
+    }
+    rows = ops.convert_to_tensor(_patch_rows(layer))
+    kernel = ops.convert_to_tensor(
+        rng.standard_normal(
+            (layer.positions, layer.patch_size, layer.filters), dtype=np.float32
+        )
+    )
+    gather = _compiled(backend, lambda x_rows: ops.take(x_rows, rows, axis=0))
+    contract = _compiled(backend, lambda patches, k: ops.matmul(patches, k))
+    for batch in (8, 32):
+        channels = layer.input_shape[-1]
+        pixels = math.prod(layer.input_shape[:-1])
+        x_rows = ops.convert_to_tensor(
+            rng.standard_normal((pixels, batch * channels), dtype=np.float32)
+        )
+        patches = ops.convert_to_tensor(
+            rng.standard_normal(
+                (layer.positions, batch, layer.patch_size), dtype=np.float32
+            )
+        )
+        parts[f"{layer.name} b{batch}"] = {
+            "gather_ms": _median_ms(
+                lambda x_rows=x_rows: _block(backend, gather(x_rows)), rounds
+            ),
+            "contract_ms": _median_ms(
+                lambda patches=patches: _block(backend, contract(patches, kernel)),
+                rounds,
+            ),
+            "limit_ms": forward_limit_ms((layer,), batch, rates),
+        }
+    print(f"    parts: {parts}")
+    return parts
+
+
 def time_models(backend, rounds=9, budget_s=20.0):
     """Every case of this module on this backend; a JSON-ready dict."""
     rates = measure_rates(backend)
@@ -281,7 +358,13 @@ def time_models(backend, rounds=9, budget_s=20.0):
         "limit_ms": training_limit_ms(LAYERS, STACK_TRAINING_BATCH, rates),
     }
     print(f"    stack: {stack}")
-    return {"rates": rates, "forward": forward, "stack": stack}
+    return {
+        "rates": rates,
+        "onednn": onednn_enabled(backend),
+        "forward": forward,
+        "stack": stack,
+        "parts": time_parts(backend, rates),
+    }
 
 
 def training_step_peak_mb(model_name):

@@ -20,7 +20,12 @@ PAGE = ROOT / "docs" / "performance.md"
 CHART = ROOT / "docs" / "img" / "performance.png"
 LIMIT_CHART = ROOT / "docs" / "img" / "performance_limit.png"
 BACKENDS = ("tensorflow", "jax", "torch")
-TITLES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+TITLES = {
+    "tensorflow": "TensorFlow",
+    "jax": "JAX",
+    "torch": "PyTorch",
+    "tensorflow-onednn": "TensorFlow + oneDNN",
+}
 
 
 def load():
@@ -202,14 +207,24 @@ def summary(results):
     return "\n".join(lines)
 
 
-def rates_lines(results):
+def model_runs(results):
+    """DeepFace runs by title key: each backend as installed, then TensorFlow
+    again with TF_ENABLE_ONEDNN_OPTS=1 where `run.py` timed it."""
+    runs = {b: r["models"] for b, r in results.items() if "models" in r}
+    onednn = results.get("tensorflow", {}).get("models_onednn", {})
+    if "forward" in onednn:
+        runs["tensorflow-onednn"] = onednn
+    return runs
+
+
+def rates_lines(runs):
     lines = [
         "| backend | stream rate GB/s (sum of 239 MB) | GEMM rate GFLOP/s "
         "(2048² matmul) |",
         "|---|--:|--:|",
     ]
-    for backend, result in results.items():
-        rates = result.get("models", {}).get("rates")
+    for backend, run in runs.items():
+        rates = run.get("rates")
         if rates:
             lines.append(
                 f"| {TITLES[backend]} | {rates['stream_bytes_per_s'] / 1e9:.1f} "
@@ -220,37 +235,58 @@ def rates_lines(results):
 
 def models_section(results):
     """DeepFace's layers: ours ÷ limit per backend and the spread between them."""
-    with_models = {b: r["models"] for b, r in results.items() if "models" in r}
-    if not with_models:
+    runs = model_runs(results)
+    if not runs:
         return []
-    backends = list(with_models)
+    keys = list(runs)
+    installed = [k for k in keys if k in BACKENDS]
     header = "| case | " + " | ".join(
-        f"{TITLES[b]} ms | {TITLES[b]} ÷ limit" for b in backends
+        f"{TITLES[k]} ms | {TITLES[k]} ÷ limit" for k in keys
     )
     lines = [
         "### DeepFace's layers against the limit",
         "",
-        *rates_lines(results),
+        *rates_lines(runs),
         "",
         "Forward (`model.predict_on_batch`), one layer at a time; the limit is "
-        "that backend's own.",
+        "that backend's own. The spread is the slowest ÷ the fastest of the "
+        "three backends as installed"
+        + (
+            "; the last column puts TensorFlow with oneDNN in TensorFlow's place."
+            if "tensorflow-onednn" in runs
+            else "."
+        ),
         "",
-        header + " | slowest ÷ fastest backend |",
-        "|---|" + "--:|--:|" * len(backends) + "--:|",
+        header
+        + " | spread |"
+        + (" spread, TF + oneDNN |" if "tensorflow-onednn" in runs else ""),
+        "|---|"
+        + "--:|--:|" * len(keys)
+        + "--:|"
+        + ("--:|" if "tensorflow-onednn" in runs else ""),
     ]
-    cases = list(next(iter(with_models.values()))["forward"])
-    for case in cases:
-        cells, times = [], []
-        for b in backends:
-            entry = with_models[b]["forward"].get(case, {})
-            ms = entry.get("ours_ms")
-            times.append(ms)
-            cells.append(
-                f"{_fmt(ms)} | {_fmt_ratio(_ratio(ms, entry.get('limit_ms')))}"
-            )
+
+    def spread(times):
         known = [t for t in times if t]
-        spread = _fmt_ratio(max(known) / min(known)) if len(known) > 1 else "–"
-        lines.append(f"| {case} | " + " | ".join(cells) + f" | {spread} |")
+        return _fmt_ratio(max(known) / min(known)) if len(known) > 1 else "–"
+
+    for case in runs[keys[0]]["forward"]:
+        cells, times = [], {}
+        for k in keys:
+            entry = runs[k]["forward"].get(case, {})
+            times[k] = entry.get("ours_ms")
+            cells.append(
+                f"{_fmt(times[k])} | "
+                f"{_fmt_ratio(_ratio(times[k], entry.get('limit_ms')))}"
+            )
+        line = f"| {case} | " + " | ".join(cells)
+        line += f" | {spread([times[k] for k in installed])} |"
+        if "tensorflow-onednn" in runs:
+            swapped = [
+                "tensorflow-onednn" if k == "tensorflow" else k for k in installed
+            ]
+            line += f" {spread([times[k] for k in swapped])} |"
+        lines.append(line)
     lines += [
         "",
         "The L4–L6 stack beside tf.keras 2 (`implementation=1`), in the same "
@@ -261,9 +297,9 @@ def models_section(results):
         "| tf.keras 2 ÷ ours | step peak MB, ours / tf.keras 2 (kernels) |",
         "|---|---|--:|--:|--:|--:|--:|",
     ]
-    for b in backends:
-        stack = with_models[b]["stack"]
-        memory = with_models[b].get("training_memory", {})
+    for k in keys:
+        stack = runs[k]["stack"]
+        memory = runs[k].get("training_memory", {})
         ours_mem = memory.get("ours", {})
         keras2_mem = memory.get("tf.keras 2 implementation=1", {})
         for case_name, entry in stack.items():
@@ -275,12 +311,45 @@ def models_section(results):
                     f"({_fmt(ours_mem['kernels_mb'])})"
                 )
             lines.append(
-                f"| {TITLES[b]} | {case_name}, batch {entry['batch']} "
+                f"| {TITLES[k]} | {case_name}, batch {entry['batch']} "
                 f"| {_fmt(entry['ours_ms'])} "
                 f"| {_fmt_ratio(_ratio(entry['ours_ms'], entry['limit_ms']))} "
                 f"| {_fmt(entry['keras2_ms'])} "
                 f"| {_fmt_ratio(_ratio(entry['keras2_ms'], entry['ours_ms']))} "
                 f"| {mem} |"
+            )
+    lines += parts_lines(runs)
+    return lines
+
+
+def parts_lines(runs):
+    """What bounds the cases: Keras' per-call cost, L4's two steps alone."""
+    with_parts = {k: r["parts"] for k, r in runs.items() if "parts" in r}
+    if not with_parts:
+        return []
+    lines = [
+        "",
+        "What bounds them, each part timed alone in the same process: one "
+        "`predict_on_batch` call of an Identity model (Keras' own cost per "
+        "call), and for L4 the gather that builds all patches and the batched "
+        "matmul of pre-built patches with the kernel, `(P, B, K) @ (P, K, F)`. "
+        "Ratios are to the case's limit.",
+        "",
+        "| backend | Identity model, ms | case | ours ÷ limit | gather ÷ limit "
+        "| matmul ÷ limit |",
+        "|---|--:|---|--:|--:|--:|",
+    ]
+    for k, parts in with_parts.items():
+        for case, entry in parts.items():
+            if case == "dispatch_ms":
+                continue
+            ours = runs[k]["forward"].get(case, {}).get("ours_ms")
+            limit = entry["limit_ms"]
+            lines.append(
+                f"| {TITLES[k]} | {_fmt(parts['dispatch_ms'])} | {case} "
+                f"| {_fmt_ratio(_ratio(ours, limit))} "
+                f"| {_fmt_ratio(_ratio(entry['gather_ms'], limit))} "
+                f"| {_fmt_ratio(_ratio(entry['contract_ms'], limit))} |"
             )
     return lines
 
@@ -291,7 +360,7 @@ def limit_chart(results):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with_models = {b: r["models"] for b, r in results.items() if "models" in r}
+    with_models = model_runs(results)
     if not with_models:
         return
     cases = list(next(iter(with_models.values()))["forward"])

@@ -15,7 +15,8 @@ every results file present, so running the backends one by one fills it in.
 
 After those shapes, ``models.py`` times DeepFace's locally connected layers
 against the machine's limit measured in the same process (``--no-models``
-skips it).
+skips it). On TensorFlow, where oneDNN is off by default, they are timed a
+second time in a fresh process with ``TF_ENABLE_ONEDNN_OPTS=1``.
 
 Options: ``--cases a,b`` and ``--impls substring`` restrict what runs;
 ``--budget SECONDS`` is the timing budget per shape and mode; ``--no-memory``
@@ -209,6 +210,22 @@ def run_child(case, impl):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_models_with_onednn():
+    """`models.time_models` on TensorFlow in a fresh process with oneDNN on."""
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1")
+    command = [sys.executable, __file__, "--child-models"]
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=1800
+        )
+    except subprocess.TimeoutExpired:
+        return {"timeout_s": 1800}
+    if done.returncode != 0:
+        print(done.stderr[-3000:], file=sys.stderr)
+        return {"error": done.stderr.strip().splitlines()[-1][:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run_model_child(model_name):
     """`models.training_step_peak_mb` in a fresh process (same environment)."""
     env = dict(os.environ)
@@ -276,6 +293,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"))
     parser.add_argument("--child-model", metavar="MODEL")
+    parser.add_argument("--child-models", action="store_true")
     parser.add_argument(
         "--no-models", action="store_true", help="skip DeepFace's layers (models.py)"
     )
@@ -293,6 +311,11 @@ def main():
         import models
 
         print(json.dumps(models.training_step_peak_mb(args.child_model)))
+        return
+    if args.child_models:
+        import models
+
+        print(json.dumps(models.time_models(_backend())))
         return
     if args.report_only:
         import report
@@ -343,6 +366,9 @@ def main():
                 name: run_model_child(name) for name in models.MODELS
             }
             print(f"    memory: {results['models']['training_memory']}", flush=True)
+        if backend == "tensorflow" and not results["models"]["onednn"]:
+            print(f"[{backend}] again, with TF_ENABLE_ONEDNN_OPTS=1", flush=True)
+            results["models_onednn"] = run_models_with_onednn()
     results["wall_s"] = time.time() - started
     print(f"[{backend}] done in {results['wall_s']:.0f} s", flush=True)
     if args.no_save:
