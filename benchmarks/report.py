@@ -385,7 +385,7 @@ def limit_chart(results):
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels([c.replace(" ", "\n") for c in cases], fontsize=8)
     ax.set_title("DeepFace's layers: time ÷ the machine's limit (log)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=3, loc="upper left")
     fig.tight_layout()
     fig.savefig(LIMIT_CHART, dpi=110)
     plt.close(fig)
