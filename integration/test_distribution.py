@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 from keras.distribution import DeviceMesh, LayoutMap
 
-from keras_localconn import LocallyConnected1D, LocallyConnected2D, LocallyConnected3D
+from keras_localconn import (
+    LocallyConnected1D,
+    LocallyConnected1DTranspose,
+    LocallyConnected2D,
+    LocallyConnected2DTranspose,
+    LocallyConnected3D,
+)
 from keras_localconn.distribution import positions_layout_map
 
 # Float32 sums regrouped across devices differ in the last bits only.
@@ -35,11 +41,13 @@ def _axes(layout_map):
 
 
 def _two_layer_model():
-    """lc2d: kernel (12, 18, 8), bias (6, 2, 8); lc1d: (8, 40, 4), (8, 4)."""
+    """lc2d: kernel (12, 18, 8), bias (6, 2, 8); lc1d: (8, 40, 4), (8, 4);
+    lc1dt (transposed, 8 input positions): (8, 6, 4), (10, 2)."""
     inputs = keras.Input((8, 4, 2))
     x = LocallyConnected2D(8, 3, activation="tanh", name="lc2d")(inputs)
     x = keras.layers.Reshape((12, 8))(x)
-    x = LocallyConnected1D(4, 5, name="lc1d")(x)
+    x = LocallyConnected1D(4, 5, activation="tanh", name="lc1d")(x)
+    x = LocallyConnected1DTranspose(2, 3, name="lc1dt")(x)
     x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(3, name="head")(x)
     return keras.Model(inputs, outputs, name="net")
@@ -59,6 +67,9 @@ def test_layout_map_from_model_shards_kernels_over_positions_and_divisible_biase
         # replicated (no entry).
         "lc1d/kernel": ("model", None, None),
         "lc1d/bias": ("model", None),
+        # The transposed layer's kernel: one matrix per input position. Its
+        # bias (10, 2) is per output position; 4 does not divide 10.
+        "lc1dt/kernel": ("model", None, None),
     }
     assert layout_map["lc2d/kernel"].device_mesh is layout_map.device_mesh
 
@@ -79,7 +90,7 @@ def test_layout_map_from_model_finds_layers_in_nested_models():
 def test_layout_map_name_pattern_selects_layers_by_path():
     layout_map = positions_layout_map(_mesh(), _two_layer_model(), name_pattern="lc1.*")
 
-    assert set(layout_map) == {"lc1d/kernel", "lc1d/bias"}
+    assert set(layout_map) == {"lc1d/kernel", "lc1d/bias", "lc1dt/kernel"}
 
 
 def test_layout_map_adds_to_an_existing_map_and_its_exact_paths_win_over_regexes():
@@ -102,6 +113,8 @@ def test_layout_map_from_pattern_matches_automatically_named_layers_only():
         "locally_connected1d/kernel",
         "functional/locally_connected2d_12/kernel",
         "a/b/locally_connected3d/kernel",
+        "locally_connected2d_transpose/kernel",
+        "functional/locally_connected3d_transpose_2/kernel",
     ):
         assert layout_map[path].axes == ("model", None, None), path
     for path in ("dense/kernel", "locally_connected2d/bias", "conv2d/kernel"):
@@ -115,7 +128,7 @@ def test_name_pattern_selects_the_same_kernels_with_and_without_a_model(name_pat
     # Without a model the entry cannot check layer classes: compare the
     # locally connected kernels.
     model = _two_layer_model()
-    kernels = ["lc2d/kernel", "lc1d/kernel"]
+    kernels = ["lc2d/kernel", "lc1d/kernel", "lc1dt/kernel"]
     with_model = positions_layout_map(_mesh(), model, name_pattern=name_pattern)
     selected_with_model = set(kernels) & set(with_model)
     without_model = positions_layout_map(_mesh(), name_pattern=name_pattern)
@@ -133,6 +146,14 @@ def test_name_pattern_without_a_model_must_match_the_whole_layer_path():
 def test_layout_map_rejects_a_kernel_whose_positions_the_axis_does_not_divide():
     model = keras.Sequential([keras.Input((7, 2)), LocallyConnected1D(3, 3, name="lc")])
     with pytest.raises(ValueError, match=r"'lc' has 5 output positions.*size 4"):
+        positions_layout_map(_mesh(), model)
+
+
+def test_layout_map_rejects_a_transposed_kernel_whose_input_positions_do_not_divide():
+    model = keras.Sequential(
+        [keras.Input((3, 2, 2)), LocallyConnected2DTranspose(3, 2, name="lct")]
+    )
+    with pytest.raises(ValueError, match=r"'lct' has 6 input positions.*size 4"):
         positions_layout_map(_mesh(), model)
 
 
@@ -284,8 +305,14 @@ def test_model_parallel_shards_kernels_over_positions_on_the_model_axis(
         "devices": 8,
     }
     assert sharding["lc1d/bias"]["shard_shape"] == [2, 4]
-    # 4 does not divide lc2d's bias (6, 2, 8): replicated.
+    assert sharding["lc1dt/kernel"] == {
+        "shape": [8, 6, 4],
+        "shard_shape": [2, 6, 4],
+        "devices": 8,
+    }
+    # 4 divides neither lc2d's bias (6, 2, 8) nor lc1dt's (10, 2): replicated.
     assert sharding["lc2d/bias"]["shard_shape"] == [6, 2, 8]
+    assert sharding["lc1dt/bias"]["shard_shape"] == [10, 2]
 
 
 @pytest.mark.backends("jax")

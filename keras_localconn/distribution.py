@@ -5,7 +5,9 @@ The kernel of a locally connected layer is ``(P, K, filters)``: one
 matching convolution. Its leading *positions* axis is the natural one to shard:
 each device then holds the filters of ``P / n`` output positions, and the
 matmul that applies them, batched over positions, splits along that axis with
-no communication inside the contraction.
+no communication inside the contraction. The transposed layers' kernels
+``(P, K, channels)`` have one matrix per *input* position and shard the same
+way (their scatter-add into the output then gathers across devices).
 
 `positions_layout_map` writes those layouts into a `keras.distribution.LayoutMap`
 for `keras.distribution.ModelParallel`. It uses only `keras` (no backend import);
@@ -17,13 +19,14 @@ import re
 from keras.distribution import DeviceMesh, LayoutMap
 from keras.layers import Layer
 
-from keras_localconn.layers import BaseLocallyConnected
+from keras_localconn.layers import BaseLocallyConnected, BaseLocallyConnectedTranspose
 
 __all__ = ["DEFAULT_NAME_PATTERN", "positions_layout_map"]
 
 #: Matches the layer part of the variable paths of the automatically named
-#: layers: ``locally_connected2d``, ``functional/locally_connected1d_3``, ...
-DEFAULT_NAME_PATTERN = r"(?:.*/)?locally_connected[123]d(?:_\d+)?"
+#: layers: ``locally_connected2d``, ``functional/locally_connected1d_3``,
+#: ``locally_connected2d_transpose``, ...
+DEFAULT_NAME_PATTERN = r"(?:.*/)?locally_connected[123]d(?:_transpose)?(?:_\d+)?"
 
 
 def positions_layout_map(
@@ -44,7 +47,8 @@ def positions_layout_map(
     Two ways to select the layers:
 
     - **From a built model** (`model` given): every `LocallyConnected1D`,
-      `2D` or `3D` inside it (nested models included) whose path matches
+      `2D` or `3D` and every `LocallyConnected1DTranspose`, `2DTranspose` or
+      `3DTranspose` inside it (nested models included) whose path matches
       `name_pattern` (all of them if None). The entries are keyed by the exact
       variable paths, which take precedence over regex keys already in the
       map. The shapes are known, so the helper checks them: a kernel whose
@@ -139,7 +143,8 @@ def positions_layout_map(
         if num_positions % axis_size:
             raise ValueError(
                 f"positions_layout_map: layer {layer.name!r} has {num_positions} "
-                f"output positions (kernel shape {tuple(layer.kernel.shape)}), "
+                f"{_positions_kind(layer)} positions (kernel shape "
+                f"{tuple(layer.kernel.shape)}), "
                 f"which the mesh axis {axis_name!r} of size {axis_size} does "
                 f"not divide. Change the mesh or the layer's output shape, or "
                 f"leave the layer out with `name_pattern`."
@@ -149,6 +154,13 @@ def positions_layout_map(
         if bias is not None and bias.shape[0] % axis_size == 0:
             layout_map[bias.path] = (axis_name, *(None,) * (len(bias.shape) - 1))
     return layout_map
+
+
+def _positions_kind(layer):
+    """What the kernel's positions axis counts: output or input positions."""
+    if isinstance(layer, BaseLocallyConnectedTranspose):
+        return "input"
+    return "output"
 
 
 def _kernel_path_regex(name_pattern):
@@ -170,7 +182,7 @@ def _locally_connected_layers(layer, seen=None):
     if id(layer) in seen:
         return []
     seen.add(id(layer))
-    if isinstance(layer, BaseLocallyConnected):
+    if isinstance(layer, (BaseLocallyConnected, BaseLocallyConnectedTranspose)):
         return [layer] if layer.built else []
     found = []
     for sublayer in getattr(layer, "layers", ()):
