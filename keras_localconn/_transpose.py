@@ -250,10 +250,11 @@ def _matmul_scatter(inputs, kernel, bias, geo, channels_last, scatter_add):
             outputs = outputs[:num_rows]
     else:
         table = _shapes.contributing_rows(geo)
-        # Empty slots of the table point one row past the end: a zero row.
-        contributions = kops.concatenate(
-            [contributions, kops.zeros_like(contributions[:1])], axis=0
-        )
+        # Empty slots of the table point one row past the end: a zero row,
+        # added by `pad` (jax 0.4.30's partitioner got a concatenate followed
+        # by this gather wrong when the contributions were sharded over
+        # positions: integration/test_distribution.py caught it).
+        contributions = kops.pad(contributions, ((0, 1), (0, 0)))
         outputs = kops.take(contributions, table.reshape(-1), axis=0)
         outputs = kops.sum(kops.reshape(outputs, (*table.shape, -1)), axis=1)
 
