@@ -354,6 +354,51 @@ def parts_lines(runs):
     return lines
 
 
+def transpose_section():
+    """The transposed layers (`benchmarks/transpose.py`), where it has run."""
+    runs = {}
+    for backend in BACKENDS:
+        path = RESULTS / f"transpose_{backend}.json"
+        if path.exists():
+            runs[backend] = json.loads(path.read_text())
+    if not runs:
+        return []
+    lines = [
+        "## The transposed layers",
+        "",
+        "`LocallyConnected{N}DTranspose`'s forward pass (`python "
+        "benchmarks/transpose.py`, which `nox -s bench` runs after the "
+        "above), beside the same arithmetic through the backend's autodiff "
+        "(the input gradient of the forward layer with the same kernel) and "
+        "Keras' shared-weight `Conv{N}DTranspose` of the same shapes (P times "
+        "fewer weights). *gather-sum* is the formulation used on Keras older "
+        "than 3.14, timed here to show the choice. Medians in ms, each "
+        "backend in its own process.",
+        "",
+        "| backend | shape | ours | gather-sum | grad of forward | ConvTranspose "
+        "| ours ÷ grad of forward | ours ÷ ConvTranspose |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for backend, run in runs.items():
+        for shape in run["shapes"]:
+            timings = {
+                ("conv" if name.startswith("Conv") else name): entry["median_ms"]
+                for name, entry in shape["timings"].items()
+            }
+            lines.append(
+                f"| {TITLES[backend]} | {shape['label']} "
+                f"| {_fmt(timings.get('ours'))} "
+                f"| {_fmt(timings.get('ours, gather-sum'))} "
+                f"| {_fmt(timings.get('grad of forward'))} "
+                f"| {_fmt(timings.get('conv'))} "
+                f"| {_fmt_ratio(shape['ours_vs_grad_of_forward'])} "
+                f"| {_fmt_ratio(shape['ours_vs_conv_transpose'])} |"
+            )
+    dates = ", ".join(f"{TITLES[b]} {r['date']}" for b, r in runs.items())
+    lines += ["", f"Measured: {dates}."]
+    return lines
+
+
 def limit_chart(results):
     import matplotlib
 
@@ -456,6 +501,8 @@ def write_page():
         "",
         "![DeepFace's layers: time relative to the machine's limit, per backend]"
         "(img/performance_limit.png)",
+        "",
+        *transpose_section(),
         "",
         "## All measurements",
         "",
