@@ -187,61 +187,45 @@ def child(case_name, impl_name):
     )
 
 
-def run_child(case, impl):
-    env = dict(os.environ)
-    # Large buffers in their own mappings, handed back to the system when
-    # freed: the resident set then follows what is live, not what glibc keeps.
-    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
-    env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 20)
-    command = [sys.executable, __file__, "--child", case.name, impl.name]
+def _run_json_child(arguments, timeout_s, **env_overrides):
+    """This script with `arguments` in a fresh process; its last stdout line
+    as JSON, or ``{"timeout_s": ...}`` / ``{"error": ...}``."""
+    env = dict(os.environ, **env_overrides)
+    command = [sys.executable, __file__, *arguments]
     try:
         done = subprocess.run(
-            command,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT_S,
+            command, env=env, capture_output=True, text=True, timeout=timeout_s
         )
     except subprocess.TimeoutExpired:
-        return {"timeout_s": CHILD_TIMEOUT_S}
+        return {"timeout_s": timeout_s}
     if done.returncode != 0:
         print(done.stderr[-3000:], file=sys.stderr)
         return {"error": done.stderr.strip().splitlines()[-1][:200]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# Large buffers in their own mappings, handed back to the system when freed:
+# the resident set then follows what is live, not what glibc keeps.
+_MEMORY_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 20),
+}
+
+
+def run_child(case, impl):
+    return _run_json_child(
+        ["--child", case.name, impl.name], CHILD_TIMEOUT_S, **_MEMORY_ENV
+    )
 
 
 def run_models_with_onednn():
     """`models.time_models` on TensorFlow in a fresh process with oneDNN on."""
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1")
-    command = [sys.executable, __file__, "--child-models"]
-    try:
-        done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=1800
-        )
-    except subprocess.TimeoutExpired:
-        return {"timeout_s": 1800}
-    if done.returncode != 0:
-        print(done.stderr[-3000:], file=sys.stderr)
-        return {"error": done.stderr.strip().splitlines()[-1][:200]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _run_json_child(["--child-models"], 1800, TF_ENABLE_ONEDNN_OPTS="1")
 
 
 def run_model_child(model_name):
     """`models.training_step_peak_mb` in a fresh process (same environment)."""
-    env = dict(os.environ)
-    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
-    env["MALLOC_TRIM_THRESHOLD_"] = str(1 << 20)
-    command = [sys.executable, __file__, "--child-model", model_name]
-    try:
-        done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=600
-        )
-    except subprocess.TimeoutExpired:
-        return {"timeout_s": 600}
-    if done.returncode != 0:
-        print(done.stderr[-3000:], file=sys.stderr)
-        return {"error": done.stderr.strip().splitlines()[-1][:200]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _run_json_child(["--child-model", model_name], 600, **_MEMORY_ENV)
 
 
 # --------------------------------------------------------------------------
