@@ -1,12 +1,15 @@
 """Argument validation shared by `ops`, the layers and the Keras 2 import.
 
-Every function returns the normalised value or raises a `ValueError` /
-`TypeError` that starts with `owner` (the public function or the layer that
-received the argument), quotes the value received and says what is allowed.
+Every `standardize_*` function (Keras 3's word for it) returns the
+standardised value or raises a `ValueError` that starts with `owner` (the
+public function or the layer that received the argument), quotes the value
+received and says what is allowed.
 """
 
 import keras
 import numpy as np
+
+from keras_localconn import _shapes
 
 PADDINGS = ("valid", "same", "causal", "circular")
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -16,7 +19,7 @@ def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def normalize_positive_int(value, name, owner):
+def standardize_positive_int(value, name, owner):
     """`value` as a positive Python int (NumPy integers accepted)."""
     if not _is_int(value) or value <= 0:
         raise ValueError(
@@ -25,7 +28,7 @@ def normalize_positive_int(value, name, owner):
     return int(value)
 
 
-def normalize_tuple(value, rank, name, owner, minimum=1):
+def standardize_tuple(value, rank, name, owner, minimum=1):
     """`value` as a tuple of `rank` ints ``>= minimum``, or a `ValueError`."""
     if _is_int(value):
         values = (int(value),) * rank
@@ -54,7 +57,7 @@ def normalize_tuple(value, rank, name, owner, minimum=1):
     return values
 
 
-def normalize_padding(padding, rank, owner):
+def standardize_padding(padding, rank, owner):
     """`padding` as a lower-cased name or as `rank` ``(before, after)`` pairs.
 
     Names: ``"valid"``, ``"same"``, ``"circular"`` and (1D) ``"causal"``,
@@ -117,7 +120,7 @@ def _explicit_padding(padding, rank, owner):
     return tuple((int(before), int(after)) for before, after in pairs)
 
 
-def normalize_data_format(data_format, owner):
+def standardize_data_format(data_format, owner):
     """`data_format`, with `None` meaning `keras.config.image_data_format()`."""
     if data_format is None:
         data_format = keras.config.image_data_format()
@@ -140,13 +143,13 @@ def check_strides_and_dilation(strides, dilation_rate, owner):
             )
 
 
-def normalize_geometry(rank, kernel_size, strides, padding, dilation_rate, owner):
+def standardize_window(rank, kernel_size, strides, padding, dilation_rate, owner):
     """The four window arguments of a local convolution, checked together."""
-    kernel_size = normalize_tuple(kernel_size, rank, "kernel_size", owner)
-    strides = normalize_tuple(strides, rank, "strides", owner)
-    dilation_rate = normalize_tuple(dilation_rate, rank, "dilation_rate", owner)
+    kernel_size = standardize_tuple(kernel_size, rank, "kernel_size", owner)
+    strides = standardize_tuple(strides, rank, "strides", owner)
+    dilation_rate = standardize_tuple(dilation_rate, rank, "dilation_rate", owner)
     check_strides_and_dilation(strides, dilation_rate, owner)
-    padding = normalize_padding(padding, rank, owner)
+    padding = standardize_padding(padding, rank, owner)
     return kernel_size, strides, padding, dilation_rate
 
 
@@ -157,7 +160,7 @@ def normalize_geometry(rank, kernel_size, strides, padding, dilation_rate, owner
 TRANSPOSE_PADDINGS = ("valid", "same")
 
 
-def normalize_transpose_padding(padding, owner):
+def standardize_transpose_padding(padding, owner):
     """Lower-cased ``"valid"`` or ``"same"``, as `keras.layers.Conv*DTranspose`."""
     if not isinstance(padding, str) or padding.lower() not in TRANSPOSE_PADDINGS:
         raise ValueError(
@@ -168,11 +171,11 @@ def normalize_transpose_padding(padding, owner):
     return padding.lower()
 
 
-def normalize_output_padding(output_padding, strides, owner):
+def standardize_output_padding(output_padding, strides, owner):
     """None, or a tuple of ints with ``0 <= output_padding < strides`` per axis."""
     if output_padding is None:
         return None
-    values = normalize_tuple(
+    values = standardize_tuple(
         output_padding, len(strides), "output_padding", owner, minimum=0
     )
     for axis, (extra, stride) in enumerate(zip(values, strides)):
@@ -186,14 +189,109 @@ def normalize_output_padding(output_padding, strides, owner):
     return values
 
 
-def normalize_transpose_geometry(
+def standardize_transpose_window(
     rank, kernel_size, strides, padding, output_padding, dilation_rate, owner
 ):
     """The five window arguments of a transposed local convolution, checked."""
-    kernel_size = normalize_tuple(kernel_size, rank, "kernel_size", owner)
-    strides = normalize_tuple(strides, rank, "strides", owner)
-    dilation_rate = normalize_tuple(dilation_rate, rank, "dilation_rate", owner)
+    kernel_size = standardize_tuple(kernel_size, rank, "kernel_size", owner)
+    strides = standardize_tuple(strides, rank, "strides", owner)
+    dilation_rate = standardize_tuple(dilation_rate, rank, "dilation_rate", owner)
     check_strides_and_dilation(strides, dilation_rate, owner)
-    padding = normalize_transpose_padding(padding, owner)
-    output_padding = normalize_output_padding(output_padding, strides, owner)
+    padding = standardize_transpose_padding(padding, owner)
+    output_padding = standardize_output_padding(output_padding, strides, owner)
     return kernel_size, strides, padding, output_padding, dilation_rate
+
+
+# --------------------------------------------------------------------------
+# Whole calls: the tensors and the geometry they imply
+# --------------------------------------------------------------------------
+
+
+def standardize_inputs(inputs, kernel, data_format, owner):
+    """`(data_format, spatial_shape, channels)` of the tensors of one call.
+
+    The check both ops share: `inputs` of rank 3 to 5 with static spatial and
+    channel sizes, and numeric dtypes for `inputs` and `kernel`.
+    """
+    input_shape = tuple(inputs.shape)
+    if len(input_shape) not in (3, 4, 5):
+        raise ValueError(
+            f"{owner}: `inputs` must have rank 3, 4 or 5 (batch, 1 to 3 spatial "
+            f"dimensions, channels). Received inputs of shape {input_shape}"
+        )
+    data_format = standardize_data_format(data_format, owner)
+    spatial_shape, channels = _shapes.split_input_shape(input_shape, data_format)
+    if any(n is None for n in spatial_shape) or channels is None:
+        raise ValueError(
+            f"{owner}: the spatial dimensions and the channel dimension of "
+            f"`inputs` must be known. Received inputs of shape {input_shape} "
+            f"(data_format='{data_format}')"
+        )
+    for name, tensor in (("inputs", inputs), ("kernel", kernel)):
+        # Every backend's matmul takes bool operands and returns a logical
+        # or-of-ands, which is no convolution: refuse rather than mislead.
+        if keras.backend.standardize_dtype(tensor.dtype) == "bool":
+            raise ValueError(
+                f"{owner}: `{name}` must have a numeric dtype (float16, "
+                f"bfloat16, float32, float64 or an integer type); a local "
+                f"convolution multiplies and sums. Received {name} of dtype "
+                f"bool; cast it first, e.g. keras.ops.cast({name}, 'float32')"
+            )
+    return data_format, tuple(spatial_shape), channels
+
+
+def standardize_geometry(
+    spatial_shape, channels, kernel_size, strides, padding, dilation_rate, owner
+):
+    """The `_shapes.Geometry` of a local convolution, its arguments checked."""
+    kernel_size, strides, padding, dilation_rate = standardize_window(
+        len(spatial_shape), kernel_size, strides, padding, dilation_rate, owner
+    )
+    return _shapes.geometry(
+        tuple(spatial_shape),
+        channels,
+        kernel_size,
+        strides,
+        padding,
+        dilation_rate,
+        owner,
+    )
+
+
+def standardize_transpose_geometry(
+    spatial_shape,
+    filters,
+    kernel_size,
+    strides,
+    padding,
+    output_padding,
+    dilation_rate,
+    owner,
+):
+    """The forward `_shapes.Geometry` whose adjoint a transposed local
+    convolution is (`_shapes.transpose_geometry`), its arguments checked."""
+    (
+        kernel_size,
+        strides,
+        padding,
+        output_padding,
+        dilation_rate,
+    ) = standardize_transpose_window(
+        len(spatial_shape),
+        kernel_size,
+        strides,
+        padding,
+        output_padding,
+        dilation_rate,
+        owner,
+    )
+    return _shapes.transpose_geometry(
+        tuple(spatial_shape),
+        filters,
+        kernel_size,
+        strides,
+        padding,
+        output_padding,
+        dilation_rate,
+        owner,
+    )

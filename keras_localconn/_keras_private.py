@@ -47,8 +47,11 @@ def sublayers(layer):
     return list(layer._flatten_layers(include_self=False))
 
 
-def layer_test_case():
-    """Keras' own layer test harness (``run_layer_test``), for the tests."""
-    from keras.src.testing import TestCase
+def untrack_variable(layer, variable):
+    """Make `layer` forget `variable`, which its `add_weight` created.
 
-    return TestCase
+    Keras has no public way to drop a weight (its quantization code uses the
+    same private `_untrack_variable`); the layers use it so that a kernel
+    whose allocation failed leaves nothing behind.
+    """
+    layer._untrack_variable(variable)

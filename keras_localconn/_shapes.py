@@ -28,7 +28,7 @@ def padding_amounts(spatial_shape, kernel_size, strides, padding, dilation_rate)
     ``ceil(n / stride)``, with the total padding split as Keras/TensorFlow/XLA
     do (the smaller half before). ``causal``: ``(kernel_size - 1) * dilation``
     before, none after. Explicit padding (a tuple of ``(before, after)``
-    pairs, as `_arguments.normalize_padding` returns it): itself.
+    pairs, as `_arguments.standardize_padding` returns it): itself.
     """
     if not isinstance(padding, str):
         return tuple(padding)

@@ -12,7 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_localconn import ops
+from keras_localconn import _arguments, _local_conv, _schedule, ops
+from keras_localconn._schedule import Formulation
+from keras_localconn.layers import LocallyConnected2D
 from tests.autodiff import gradients, to_numpy
 from tests.reference import reference_local_conv
 from tests.test_ops import CASES, _case_id, _random_problem
@@ -20,44 +22,30 @@ from tests.test_padding_modes import CASES as PADDING_CASES
 
 RTOL = ATOL = 2e-5
 
-# (positions per chunk, batch before channels, loop by keras.ops.map,
-# rematerialised patches); chunk 0: all positions at once. Chunks of 3 leave
-# a remainder whenever P is not a multiple of 3. Together they cover every
-# layout, both loops and both backward passes.
+# Chunks of 3 leave a remainder whenever P is not a multiple of 3. Together
+# these cover every layout, both loops and both backward passes.
 FORMULATIONS = [
-    (0, False, True, True),
-    (0, True, True, True),
-    (1, False, True, True),
-    (3, True, True, False),
-    (1, True, False, True),
-    (3, False, False, False),
+    Formulation(None, False, True, True),
+    Formulation(None, True, True, True),
+    Formulation(1, False, True, True),
+    Formulation(3, True, True, False),
+    Formulation(1, True, False, True),
+    Formulation(3, False, False, False),
 ]
 
 
 def _formulation_id(formulation):
     chunk, batch_first, by_map, remat = formulation
     return (
-        f"chunk{chunk}-{'bc' if batch_first else 'cb'}"
+        f"{'all' if chunk is None else f'chunk{chunk}'}"
+        f"-{'bc' if batch_first else 'cb'}"
         f"-{'map' if by_map else 'loop'}{'-remat' if remat else ''}"
     )
 
 
-@pytest.fixture
-def use_formulation(monkeypatch):
-    """Makes `_local_conv` loop and rematerialise as the formulation says."""
-
-    def use(formulation):
-        chunk, batch_first, by_map, remat = formulation
-        choice = ops._BackendChoice(batch_first, by_map, remat, False)
-        monkeypatch.setattr(ops, "_BACKEND_CHOICES", {keras.backend.backend(): choice})
-
-    return use
-
-
 def _run(x, kernel, case, data_format, formulation, bias=None):
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    chunk, batch_first = formulation[:2]
-    return ops._local_conv(
+    return _local_conv.local_conv(
         x,
         kernel,
         kernel_size,
@@ -66,18 +54,14 @@ def _run(x, kernel, case, data_format, formulation, bias=None):
         dilation_rate=dilation,
         data_format=data_format,
         bias=bias,
-        chunk=chunk,
-        batch_before_channels=batch_first,
+        formulation=formulation,
     )
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("case", CASES[::2] + CASES[-7:], ids=_case_id)
-def test_every_formulation_equals_numpy_reference(
-    case, data_format, formulation, use_formulation
-):
-    use_formulation(formulation)
+def test_every_formulation_equals_numpy_reference(case, data_format, formulation):
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
     x, kernel, out, filters = _random_problem(case, data_format)
     bias = np.random.default_rng(3).normal(size=(math.prod(out), filters))
@@ -99,11 +83,8 @@ def test_every_formulation_equals_numpy_reference(
 @pytest.mark.parametrize("formulation", FORMULATIONS[1:], ids=_formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("case", CASES[1::9], ids=_case_id)
-def test_every_formulation_has_the_reference_gradients(
-    case, data_format, formulation, use_formulation
-):
+def test_every_formulation_has_the_reference_gradients(case, data_format, formulation):
     """Directional derivatives, as in test_ops, through each formulation."""
-    use_formulation(formulation)
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
     x, kernel, out, filters = _random_problem(case, data_format)
     rng = np.random.default_rng(11)
@@ -139,27 +120,35 @@ def test_every_formulation_has_the_reference_gradients(
 
 
 def test_chunks_bound_the_patch_bytes_and_batch_one_is_never_chunked():
-    geo = ops._geometry((63, 63), 16, (9, 9), 1, "valid", 1, "test")
-    assert ops._chunk_positions(geo, 1, 4, 16) is None
+    geo = _arguments.standardize_geometry((63, 63), 16, 9, 1, "valid", 1, "test")
+    assert _schedule.chunk_positions(geo, 1, 4, 16) is None
     per_position = geo.patch_size * 32 * 4
-    chunk = ops._chunk_positions(geo, 32, 4, 16)
+    chunk = _schedule.chunk_positions(geo, 32, 4, 16)
     assert 1 <= chunk < geo.num_positions
-    assert chunk * per_position <= ops._CHUNK_BYTES
+    assert chunk * per_position <= _schedule.CHUNK_BYTES
     # A small problem is done in one piece, whatever the batch.
-    small = ops._geometry((8, 8), 2, (3, 3), 1, "valid", 1, "test")
-    assert ops._chunk_positions(small, 64, 4, 16) is None
+    small = _arguments.standardize_geometry((8, 8), 2, 3, 1, "valid", 1, "test")
+    assert _schedule.chunk_positions(small, 64, 4, 16) is None
     # Where chunks pay off only above the kernel's size: batch > filters.
-    assert ops._chunk_positions(geo, 8, 4, 16, above_kernel=True) is None
-    assert ops._chunk_positions(geo, 32, 4, 16, above_kernel=True) == chunk
+    assert _schedule.chunk_positions(geo, 8, 4, 16, above_kernel=True) is None
+    assert _schedule.chunk_positions(geo, 32, 4, 16, above_kernel=True) == chunk
+
+
+def test_an_unknown_batch_is_scheduled_as_the_assumed_batch():
+    geo = _arguments.standardize_geometry((63, 63), 16, 9, 1, "valid", 1, "test")
+    for backend in ("jax", "tensorflow", "torch", "numpy"):
+        assumed = _schedule.formulation(
+            geo, _schedule.ASSUMED_BATCH, "float32", 16, backend
+        )
+        assert _schedule.formulation(geo, None, "float32", 16, backend) == assumed
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("case", PADDING_CASES[::3], ids=str)
 def test_every_formulation_with_circular_or_explicit_padding(
-    case, data_format, formulation, use_formulation
+    case, data_format, formulation
 ):
-    use_formulation(formulation)
     spatial, channels, kernel_size, strides, dilation, padding, ref_padding = case
     rng = np.random.default_rng(5)
     shape = (
@@ -186,19 +175,19 @@ def test_every_formulation_with_circular_or_explicit_padding(
 
 @pytest.mark.parametrize("by_map", [False, True], ids=["loop", "map"])
 @pytest.mark.parametrize("batch_first", [False, True], ids=["cb", "bc"])
-def test_chunks_in_a_model_traced_for_any_batch_size(monkeypatch, batch_first, by_map):
+def test_chunks_in_a_model_traced_for_any_batch_size(batch_first, by_map):
     """A functional model is traced with an unknown batch size; predict
-    then runs the chunked path (forced by a tiny chunk budget) on two sizes."""
-    from keras_localconn import LocallyConnected2D
+    then runs the chunked path on two sizes."""
+    formulation = Formulation(2, batch_first, by_map, True)
 
-    monkeypatch.setattr(ops, "_CHUNK_BYTES", 1)
-    monkeypatch.setattr(
-        ops,
-        "_BACKEND_CHOICES",
-        {keras.backend.backend(): ops._BackendChoice(batch_first, by_map, True, False)},
-    )
+    class Chunked(LocallyConnected2D):
+        def _apply(self, inputs, bias):
+            return _local_conv.local_conv(
+                inputs, self.kernel, self.kernel_size, formulation=formulation
+            )
+
     inputs = keras.Input((6, 5, 3))
-    layer = LocallyConnected2D(4, (3, 2), use_bias=False)
+    layer = Chunked(4, (3, 2), use_bias=False)
     model = keras.Model(inputs, layer(inputs))
     kernel = to_numpy(layer.kernel)
     for batch in (3, 5):

@@ -1,15 +1,20 @@
 """LocallyConnected1D/2D/3D as Keras layers: values, shapes, errors, Keras behaviour."""
 
 import math
+import re
 
 import keras
 import numpy as np
 import pytest
 
-from keras_localconn import LocallyConnected1D, LocallyConnected2D, LocallyConnected3D
-from keras_localconn._keras_private import layer_test_case
-from keras_localconn.layers import base_locally_connected
+from keras_localconn import (
+    LocallyConnected1D,
+    LocallyConnected2D,
+    LocallyConnected2DTranspose,
+    LocallyConnected3D,
+)
 from tests.autodiff import to_numpy
+from tests.keras_testing import TestCase
 from tests.reference import reference_local_conv
 
 LAYERS = {1: LocallyConnected1D, 2: LocallyConnected2D, 3: LocallyConnected3D}
@@ -235,15 +240,25 @@ def test_call_with_other_channel_count_than_built_is_a_value_error():
         layer(np.zeros((1, 5, 5, 2), "float32"))
 
 
-def test_call_on_other_spatial_shape_than_built_says_built_for_and_received():
-    layer = LocallyConnected2D(4, 3, name="faces")
-    layer(np.zeros((1, 5, 5, 3), "float32"))
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["forward", "transposed"])
+def test_call_on_other_spatial_shape_than_built_names_the_axis_and_sizes(
+    data_format, transposed
+):
+    """The built spatial shape is part of the layer's `InputSpec`."""
+    layer_class = LocallyConnected2DTranspose if transposed else LocallyConnected2D
+    layer = layer_class(4, 3, data_format=data_format, name="faces")
+    built, other = (1, 5, 5, 3), (1, 6, 5, 3)
+    if data_format == "channels_first":
+        built, other = (1, 3, 5, 5), (1, 3, 6, 5)
+    layer(np.zeros(built, "float32"))
+    axis = 1 if data_format == "channels_last" else 2
     with pytest.raises(
         ValueError,
-        match=r"'faces' was built for inputs of spatial shape \(5, 5\) and "
-        r"received an input of spatial shape \(6, 5\)",
+        match=rf"layer 'faces'.*expected axis {axis} of input shape to have "
+        rf"value 5.*{re.escape(str(other))}",
     ):
-        layer(np.zeros((1, 6, 5, 3), "float32"))
+        layer(np.zeros(other, "float32"))
 
 
 def test_numpy_integers_are_accepted_for_filters_and_kernel_size():
@@ -254,56 +269,60 @@ def test_numpy_integers_are_accepted_for_filters_and_kernel_size():
     assert layer.get_config()["filters"] == 4
 
 
-def test_kernel_above_the_memory_limit_raises_before_any_weight_exists(monkeypatch):
-    monkeypatch.delenv(base_locally_connected.MAX_KERNEL_BYTES_VARIABLE, raising=False)
-    monkeypatch.setattr(
-        base_locally_connected, "_physical_memory_bytes", lambda: 64 * 2**30
-    )
-    layer = LocallyConnected2D(512, 3, name="huge")
-    # (1022 * 1022, 3 * 3 * 64, 512) float32: 1.23 TB.
+@pytest.mark.parametrize(
+    "layer, input_shape, kernel_shape, positions",
+    [
+        # (1022 * 1022, 3 * 3 * 64, 512) float32: 1.23 TB, more than any machine
+        # here has (host RAM or device memory).
+        (
+            LocallyConnected2D(512, 3, name="huge"),
+            (1024, 1024, 64),
+            "(1044484, 576, 512)",
+            "1044484 output positions",
+        ),
+        (
+            LocallyConnected2DTranspose(64, 3, name="huge"),
+            (1024, 1024, 512),
+            "(1048576, 576, 512)",
+            "1048576 input positions",
+        ),
+    ],
+    ids=["forward", "transposed"],
+)
+def test_kernel_too_large_for_the_device_is_a_clear_error_and_nothing_is_built(
+    layer, input_shape, kernel_shape, positions
+):
+    """More than any machine here holds: the allocation fails, on every backend,
+    and the layer says so, with the sizes and what to do."""
     with pytest.raises(ValueError) as info:
-        layer(keras.Input((1024, 1024, 64)))
+        layer(keras.Input(input_shape))
     message = str(info.value)
     for part in (
         "'huge'",
-        "(1044484, 576, 512)",
-        "(1.23 TB) of float32",
-        "limit of 34,359,738,368 bytes (34.4 GB)",
-        "1044484 output positions",
+        kernel_shape,
+        "(1.23 TB) of float32" if "1044484" in kernel_shape else "(1.24 TB) of float32",
+        "could not be allocated",
+        positions,
         "`strides`",
         "smaller input",
+        "positions_layout_map",
         "Conv2D",
-        "KERAS_LOCALCONN_MAX_KERNEL_BYTES",
     ):
         assert part in message, part
     assert not layer.built and not layer.weights
 
 
-def test_kernel_limit_defaults_to_half_the_physical_memory(monkeypatch):
-    monkeypatch.delenv(base_locally_connected.MAX_KERNEL_BYTES_VARIABLE, raising=False)
-    memory = base_locally_connected._physical_memory_bytes()
-    if memory is None:
-        assert base_locally_connected.max_kernel_bytes() is None
-    else:
-        assert memory > 2**20
-        assert base_locally_connected.max_kernel_bytes() == memory // 2
+def test_out_of_memory_is_told_from_other_build_errors():
+    """Only allocation failures become the kernel-size error; any other error
+    of the kernel's initializer reaches the user unchanged."""
 
+    def broken(shape, dtype=None):
+        raise RuntimeError("initializer bug")
 
-def test_kernel_limit_is_overridden_by_the_environment_variable(monkeypatch):
-    variable = base_locally_connected.MAX_KERNEL_BYTES_VARIABLE
-    # kernel (3 * 3, 3 * 3 * 2, 4) float32: 2592 bytes.
-    monkeypatch.setenv(variable, "2591")
-    with pytest.raises(
-        ValueError, match=r"2,592 bytes \(2.59 KB\).*limit of 2,591 bytes.*set with"
-    ):
-        LocallyConnected2D(4, 3).build((None, 5, 5, 2))
-    monkeypatch.setenv(variable, "2592")
-    LocallyConnected2D(4, 3).build((None, 5, 5, 2))
-    monkeypatch.setenv(variable, "0")
-    assert base_locally_connected.max_kernel_bytes() is None
-    monkeypatch.setenv(variable, "lots")
-    with pytest.raises(ValueError, match=r"must be an integer.*'lots'"):
-        LocallyConnected2D(4, 3).build((None, 5, 5, 2))
+    layer = LocallyConnected2D(4, 3, kernel_initializer=broken)
+    with pytest.raises(RuntimeError, match="initializer bug"):
+        layer.build((None, 5, 5, 2))
+    assert not layer.weights
 
 
 # --------------------------------------------------------------------------
@@ -311,7 +330,7 @@ def test_kernel_limit_is_overridden_by_the_environment_variable(monkeypatch):
 # --------------------------------------------------------------------------
 
 
-class LayerBehaviourTest(layer_test_case()):
+class LayerBehaviourTest(TestCase):
     """Keras' own layer test harness (training, mixed precision, serialization)."""
 
     def test_locally_connected_1d(self):

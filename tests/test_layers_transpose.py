@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from keras.src.testing import TestCase
 
 from keras_localconn import (
     LocallyConnected1D,
@@ -18,6 +17,7 @@ from keras_localconn import (
 )
 from keras_localconn.layers import BaseLocallyConnected
 from tests.autodiff import to_numpy
+from tests.keras_testing import TestCase
 from tests.reference_transpose import reference_local_conv_transpose
 
 LAYERS = {

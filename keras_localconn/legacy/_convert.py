@@ -110,7 +110,7 @@ def convert_weights(
         )
     if "kernel_size" not in config:
         raise ValueError(f"{owner}: the config has no `kernel_size`: {config}")
-    kernel_size, strides, padding, dilation_rate = _arguments.normalize_geometry(
+    kernel_size, strides, padding, dilation_rate = _arguments.standardize_window(
         rank,
         config["kernel_size"],
         config.get("strides", 1),
@@ -118,7 +118,7 @@ def convert_weights(
         config.get("dilation_rate", 1),
         owner,
     )
-    data_format = _arguments.normalize_data_format(config.get("data_format"), owner)
+    data_format = _arguments.standardize_data_format(config.get("data_format"), owner)
     implementation = config.get("implementation", 1)
     use_bias = config.get("use_bias", True)
     if padding == "causal" or dilation_rate != (1,) * rank:
@@ -131,13 +131,9 @@ def convert_weights(
     channels_last = data_format == "channels_last"
     spatial_shape, channels = _shapes.split_input_shape(input_shape, data_format)
     pads = _keras2_padding(spatial_shape, kernel_size, strides, padding)
-    padded_shape = tuple(n + lo + hi for n, (lo, hi) in zip(spatial_shape, pads))
-    output_shape = _shapes.geometry(
-        padded_shape, channels, kernel_size, strides, "valid", dilation_rate, owner
-    ).output_shape
-
-    geometry = _Geometry(
-        spatial_shape, channels, kernel_size, strides, pads, output_shape
+    # Keras 2's receptive fields are those of an explicitly padded convolution.
+    geometry = _shapes.geometry(
+        tuple(spatial_shape), channels, kernel_size, strides, pads, dilation_rate, owner
     )
     try:
         converted = _convert_arrays(
@@ -154,15 +150,6 @@ def convert_weights(
     if pads == keras3_same:
         return ConvertedWeights(converted, "same", None)
     return ConvertedWeights(converted, "valid", pads)
-
-
-class _Geometry(NamedTuple):
-    spatial_shape: tuple
-    channels: int
-    kernel_size: tuple
-    strides: tuple
-    pads: tuple
-    output_shape: tuple
 
 
 def _convert_arrays(weights, geometry, implementation, use_bias, channels_last):
@@ -183,22 +170,13 @@ def _convert_arrays(weights, geometry, implementation, use_bias, channels_last):
 def _receptive_fields(geometry):
     """For each (output position, kernel offset): the input position it reads.
 
-    Returns `(flat_input_position, inside)`, both `(P, prod(kernel_size))`;
-    `inside` is False where the offset falls on padding (Keras 2 had no
-    weight there; this package's kernel gets a zero).
+    Returns `(flat_input_position, inside)`, both `(P, taps)`; `inside` is
+    False where the offset falls on padding (Keras 2 had no weight there;
+    this package's kernel gets a zero), and the position is then 0.
     """
-    g = geometry
-    num_positions = math.prod(g.output_shape)
-    num_offsets = math.prod(g.kernel_size)
-    outputs = np.stack(np.unravel_index(np.arange(num_positions), g.output_shape), -1)
-    offsets = np.stack(np.unravel_index(np.arange(num_offsets), g.kernel_size), -1)
-    before = np.array([lo for lo, _ in g.pads])
-    positions = outputs[:, None, :] * np.array(g.strides) - before + offsets[None, :, :]
-    spatial = np.array(g.spatial_shape)
-    inside = np.all((positions >= 0) & (positions < spatial), axis=-1)
-    clipped = np.clip(positions, 0, spatial - 1)
-    flat = np.ravel_multi_index(tuple(np.moveaxis(clipped, -1, 0)), g.spatial_shape)
-    return flat, inside
+    rows = _shapes.unpadded_rows(geometry).reshape(geometry.num_positions, -1)
+    inside = rows < math.prod(geometry.spatial_shape)
+    return np.where(inside, rows, 0), inside
 
 
 def _convert_kernel(kernel, geometry, implementation, channels_last):
