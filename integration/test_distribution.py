@@ -31,9 +31,9 @@ from keras_localconn.distribution import positions_layout_map
 TOLERANCE = 1e-5
 
 
-def _mesh(shape=(2, 4), axis_names=("batch", "model")):
+def _mesh(shape=(2, 4), axis_names=("batch", "model"), count=8):
     # A DeviceMesh only records device names until a backend uses it.
-    return DeviceMesh(shape, axis_names, [f"device{i}" for i in range(8)])
+    return DeviceMesh(shape, axis_names, [f"device{i}" for i in range(count)])
 
 
 def _axes(layout_map):
@@ -85,6 +85,49 @@ def test_layout_map_from_model_finds_layers_in_nested_models():
 
     # Kernel (64, 27, 2) split in 8; bias (4, 4, 4, 2) left replicated.
     assert _axes(layout_map) == {"inner/lc3d/kernel": ("model", None, None)}
+
+
+def test_layout_map_from_model_finds_layers_in_custom_layers_and_wrappers():
+    class Block(keras.layers.Layer):
+        """A custom layer holding a locally connected layer as an attribute."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.local = LocallyConnected1D(4, 3, name="lc_in_block")
+
+        def build(self, input_shape):
+            self.local.build(input_shape)
+
+        def call(self, inputs):
+            return self.local(inputs)
+
+        def compute_output_shape(self, input_shape):
+            return self.local.compute_output_shape(input_shape)
+
+    inputs = keras.Input((5, 10, 2))  # (time, steps, channels)
+    x = keras.layers.TimeDistributed(
+        LocallyConnected1D(2, 3, name="lc_in_wrapper"), name="per_step"
+    )(inputs)
+    x = keras.layers.Reshape((5, 16))(x)
+    outputs = Block(name="block")(x)
+    model = keras.Model(inputs, outputs, name="net")
+
+    # Kernels (8, 6, 2) in the wrapper and (3, 48, 4) in the custom layer.
+    layout_map = positions_layout_map(_mesh((1,), ("model",), count=1), model)
+    assert sorted(layout_map[path].axes for path in layout_map) == [
+        ("model", None),
+        ("model", None),
+        ("model", None, None),
+        ("model", None, None),
+    ]
+    kernels = sorted(path for path in layout_map if path.endswith("/kernel"))
+    assert [path.split("/")[-2] for path in kernels] == [
+        "lc_in_block",
+        "lc_in_wrapper",
+    ]
+    # Found, hence checked: 8 devices do not divide the custom layer's 3.
+    with pytest.raises(ValueError, match=r"'lc_in_block' has 3 output positions"):
+        positions_layout_map(_mesh((8,), ("model",)), model)
 
 
 def test_layout_map_name_pattern_selects_layers_by_path():
@@ -234,6 +277,7 @@ def _child_main():
     }
     report = {
         "devices": len(devices),
+        "sharded_kernel_too_large": _sharded_kernel_too_large(devices),
         "initial_weights_moved": max(
             float(np.abs(a - b).max())
             for a, b in zip(single["weights"], initial_weights)
@@ -254,6 +298,25 @@ def _child_main():
             ),
         }
     print(json.dumps(report))
+
+
+def _sharded_kernel_too_large(devices):
+    """Building, under ModelParallel, a kernel no device can hold its share of:
+    the error and what the layer holds afterwards."""
+    import keras.distribution as kd
+
+    keras.backend.clear_session()
+    mesh = kd.DeviceMesh((2, 4), ("batch", "model"), devices)
+    layout_map = positions_layout_map(mesh, name_pattern="huge")
+    layer = LocallyConnected2D(512, 3, name="huge")  # 1.23 TB, 308 GB a shard
+    try:
+        with kd.ModelParallel(layout_map=layout_map, batch_dim_name="batch").scope():
+            layer.build((None, 1024, 1024, 64))
+    except ValueError as error:
+        message = str(error)
+    else:
+        message = None
+    return {"message": message, "built": layer.built, "weights": len(layer.weights)}
 
 
 @pytest.fixture(scope="module")
@@ -283,6 +346,18 @@ def test_child_process_sees_eight_devices_and_training_moves_the_weights(
 ):
     assert distributed_report["devices"] == 8
     assert distributed_report["initial_weights_moved"] > 1e-3
+
+
+@pytest.mark.backends("jax")
+def test_a_sharded_kernel_no_device_can_hold_is_a_clear_error_at_build(
+    distributed_report,
+):
+    """JAX allocates sharded variables asynchronously; the layer still reports
+    the failure at build, with its sizes, and keeps no weight."""
+    result = distributed_report["sharded_kernel_too_large"]
+    assert result["built"] is False and result["weights"] == 0
+    for part in ("'huge'", "(1044484, 576, 512)", "could not be allocated"):
+        assert part in result["message"], part
 
 
 @pytest.mark.backends("jax")

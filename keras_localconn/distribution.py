@@ -11,7 +11,7 @@ way (their scatter-add into the output then gathers across devices).
 
 `positions_layout_map` writes those layouts into a `keras.distribution.LayoutMap`
 for `keras.distribution.ModelParallel`. It uses only `keras` (no backend import);
-at the time of writing Keras implements `ModelParallel` on JAX.
+Keras 3.15 implements `ModelParallel` on JAX only.
 """
 
 import re
@@ -19,6 +19,7 @@ import re
 from keras.distribution import DeviceMesh, LayoutMap
 from keras.layers import Layer
 
+from keras_localconn import _keras_private
 from keras_localconn.layers import BaseLocallyConnected, BaseLocallyConnectedTranspose
 
 __all__ = ["DEFAULT_NAME_PATTERN", "positions_layout_map"]
@@ -48,7 +49,8 @@ def positions_layout_map(
 
     - **From a built model** (`model` given): every `LocallyConnected1D`,
       `2D` or `3D` and every `LocallyConnected1DTranspose`, `2DTranspose` or
-      `3DTranspose` inside it (nested models included) whose path matches
+      `3DTranspose` inside it (nested models, wrappers such as
+      `keras.layers.TimeDistributed` and custom layers included) whose path matches
       `name_pattern` (all of them if None). The entries are keyed by the exact
       variable paths, which take precedence over regex keys already in the
       map. The shapes are known, so the helper checks them: a kernel whose
@@ -176,15 +178,12 @@ def _layer_path(variable):
     return variable.path.rsplit("/", 1)[0]
 
 
-def _locally_connected_layers(layer, seen=None):
-    """The built locally connected layers in `layer`, depth first, once each."""
-    seen = set() if seen is None else seen
-    if id(layer) in seen:
-        return []
-    seen.add(id(layer))
-    if isinstance(layer, (BaseLocallyConnected, BaseLocallyConnectedTranspose)):
-        return [layer] if layer.built else []
-    found = []
-    for sublayer in getattr(layer, "layers", ()):
-        found.extend(_locally_connected_layers(sublayer, seen))
-    return found
+def _locally_connected_layers(model):
+    """The built locally connected layers in `model`, itself included, once
+    each: in nested models, wrappers and custom layers too."""
+    return [
+        layer
+        for layer in (model, *_keras_private.sublayers(model))
+        if isinstance(layer, (BaseLocallyConnected, BaseLocallyConnectedTranspose))
+        and layer.built
+    ]
