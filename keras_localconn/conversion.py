@@ -169,6 +169,12 @@ def to_conv(lc_layer):
     constraints) carries over; the convolution is built for the input shape
     of `lc_layer`.
 
+    On TensorFlow and a CPU, a `Conv1D` with `data_format="channels_first"`
+    is refused by TensorFlow's kernels, and with oneDNN on it runs and, on
+    some CPUs, gives wrong results for some configurations (see "TensorFlow:
+    `channels_first` convolutions on a CPU" in docs/backends.md, which has a
+    reproduction): convert channels_last layers there, or check the result.
+
     Args:
         lc_layer: a built `LocallyConnected1D`, `2D` or `3D`.
 

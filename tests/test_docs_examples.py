@@ -1,7 +1,10 @@
 """The code on the documentation's example pages runs and does what it says."""
 
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 
 
 def _python_blocks(page):
-    return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    return _python_blocks_of(page.read_text())
 
 
 def _run_page(page):
@@ -30,3 +33,50 @@ def test_encoder_decoder_page_reconstructs_the_fields(capsys):
     # Learned: far below the variance that predicting zeros would leave.
     assert namespace["test_mse"] < 0.02 * float(np.var(namespace["test"]))
     assert "test MSE" in capsys.readouterr().out
+
+
+def _backends_page_reproduction():
+    """The code block of the channels_first section of docs/backends.md."""
+    page = (DOCS / "backends.md").read_text()
+    section = page.split("## TensorFlow: `channels_first` convolutions on a CPU")[1]
+    return _python_blocks_of(section.split("\n## ")[0])[0]
+
+
+def _python_blocks_of(text):
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.backends("tensorflow")
+@pytest.mark.parametrize("onednn", ["0", "1"], ids=["onednn-off", "onednn-on"])
+def test_tensorflow_channels_first_conv1d_is_refused_without_onednn_and_runs_with_it(
+    onednn,
+):
+    """The reproduction on docs/backends.md, in a fresh process per setting
+    (TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when imported). Without
+    oneDNN TensorFlow refuses the layer; with it the layer runs, and the
+    difference it prints is the page's evidence (0 on some CPUs, 1.1 on an
+    AMD EPYC with AVX-512). If TensorFlow stops refusing, the page is stale."""
+    environment = {
+        **os.environ,
+        "KERAS_BACKEND": "tensorflow",
+        "TF_ENABLE_ONEDNN_OPTS": onednn,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", _backends_page_reproduction()],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (line,) = [
+        text
+        for text in completed.stdout.splitlines()
+        if text.startswith("channels_first - channels_last:")
+    ]
+    value = line.split(":", 1)[1].strip()
+    if onednn == "0":
+        assert value == "None"
+    else:
+        assert value != "None" and float(value) >= 0.0
