@@ -3,7 +3,7 @@
 A model built and compiled under `MirroredStrategy` holds one copy of every
 variable per device; `fit` splits each batch between them and sums their
 gradients. Two devices are needed, which TensorFlow can only be given before
-it starts: two logical CPU devices (or two GPUs, or one GPU split in two) are
+it starts: two logical CPU devices (or two GPUs where there are) are
 configured in a child process (this file run as a script). It trains the
 model from the same weights on one device and under the strategy, saves the
 distributed model as `.keras`, loads it outside the strategy, and writes what
@@ -52,10 +52,9 @@ def _two_devices(tf):
     if len(gpus) >= 2:
         return ["/gpu:0", "/gpu:1"]
     if gpus:
-        tf.config.set_logical_device_configuration(
-            gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=1024)] * 2
-        )
-        return ["/gpu:0", "/gpu:1"]
+        # Two logical devices on one GPU are not what two GPUs run (their
+        # NCCL all-reduce): with one GPU, both runs stay on the CPU.
+        tf.config.set_visible_devices([], "GPU")
     (cpu,) = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
