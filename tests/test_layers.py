@@ -2,6 +2,7 @@
 
 import math
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -259,6 +260,26 @@ def test_call_on_other_spatial_shape_than_built_names_the_axis_and_sizes(
         rf"value 5.*{re.escape(str(other))}",
     ):
         layer(np.zeros(other, "float32"))
+
+
+def test_implementation_other_than_1_warns_once_per_call_site_and_changes_nothing():
+    x = _random((2, 6, 6, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        layers = [LocallyConnected2D(4, 3, implementation=n) for n in (2, 2, 3)]
+        LocallyConnected2D(4, 3, implementation=1)
+    messages = [str(w.message) for w in caught if w.category is UserWarning]
+    # One line of code, two values asked for: one warning each.
+    assert len(messages) == 2, messages
+    assert "implementation=2" in messages[0] and "no effect" in messages[0]
+    assert "implementation=3" in messages[1]
+    reference = LocallyConnected2D(4, 3, implementation=1)
+    reference.build(x.shape)
+    for layer in layers:
+        layer.build(x.shape)
+        layer.set_weights(reference.get_weights())
+        assert layer.implementation in (2, 3)
+        np.testing.assert_allclose(to_numpy(layer(x)), to_numpy(reference(x)))
 
 
 def test_numpy_integers_are_accepted_for_filters_and_kernel_size():

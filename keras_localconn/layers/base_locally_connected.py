@@ -51,12 +51,14 @@ class BaseLocallyConnected(LocalBase):
                 f"Received: implementation={implementation!r}"
             )
         if implementation != 1:
+            # No layer name in the text: Python's default filter then shows
+            # it once per calling line, not once per layer of a Keras 2 model.
             warnings.warn(
-                f"{owner}: implementation={implementation} (a Keras 2 argument) "
-                f"is accepted so that Keras 2 configs load, and has no effect: "
-                f"the kernel is always stored as Keras 2's implementation 1 "
-                f"stored it, (positions, K, filters), and the computation is "
-                f"chosen by shape and backend.",
+                f"keras_localconn: implementation={implementation} (a Keras 2 "
+                f"argument) is accepted so that Keras 2 models and configs load, "
+                f"and has no effect: the kernel is always stored as Keras 2's "
+                f"implementation 1 stored it, (positions, K, filters), and the "
+                f"computation is chosen by shape and backend.",
                 UserWarning,
                 stacklevel=3,
             )
