@@ -123,31 +123,21 @@ def _result_dtype(inputs, kernel):
 
 
 class LocalConv(keras.Operation):
-    """`local_conv` as one node of a symbolic graph."""
+    """`local_conv` as one node of a symbolic graph.
 
-    def __init__(self, kernel_size, strides, padding, dilation_rate, data_format):
+    `arguments`: `local_conv`'s, from `kernel_size` to `data_format`.
+    """
+
+    def __init__(self, *arguments):
         super().__init__()
-        self.kernel_size = kernel_size
-        self.strides = strides
-        self.padding = padding
-        self.dilation_rate = dilation_rate
-        self.data_format = data_format
-
-    def _arguments(self):
-        return (
-            self.kernel_size,
-            self.strides,
-            self.padding,
-            self.dilation_rate,
-            self.data_format,
-        )
+        self.arguments = arguments
 
     def call(self, inputs, kernel):
-        return _local_conv.local_conv(inputs, kernel, *self._arguments())
+        return _local_conv.local_conv(inputs, kernel, *self.arguments)
 
     def compute_output_spec(self, inputs, kernel):
         geo, channels_last = _local_conv.checked_geometry(
-            inputs, kernel, *self._arguments(), owner="local_conv"
+            inputs, kernel, *self.arguments, owner="local_conv"
         )
         shape = _local_conv.output_shape(
             geo, inputs.shape[0], kernel.shape[-1], channels_last
@@ -156,35 +146,21 @@ class LocalConv(keras.Operation):
 
 
 class LocalConvTranspose(keras.Operation):
-    """`local_conv_transpose` as one node of a symbolic graph."""
+    """`local_conv_transpose` as one node of a symbolic graph.
 
-    def __init__(
-        self, kernel_size, strides, padding, output_padding, dilation_rate, data_format
-    ):
+    `arguments`: `local_conv_transpose`'s, from `kernel_size` to `data_format`.
+    """
+
+    def __init__(self, *arguments):
         super().__init__()
-        self.kernel_size = kernel_size
-        self.strides = strides
-        self.padding = padding
-        self.output_padding = output_padding
-        self.dilation_rate = dilation_rate
-        self.data_format = data_format
-
-    def _arguments(self):
-        return (
-            self.kernel_size,
-            self.strides,
-            self.padding,
-            self.output_padding,
-            self.dilation_rate,
-            self.data_format,
-        )
+        self.arguments = arguments
 
     def call(self, inputs, kernel):
-        return _transpose.local_conv_transpose(inputs, kernel, *self._arguments())
+        return _transpose.local_conv_transpose(inputs, kernel, *self.arguments)
 
     def compute_output_spec(self, inputs, kernel):
         geo, channels_last = _transpose.checked_geometry(
-            inputs, kernel, *self._arguments(), owner="local_conv_transpose"
+            inputs, kernel, *self.arguments, owner="local_conv_transpose"
         )
         shape = _transpose.output_shape(geo, inputs.shape[0], channels_last)
         return keras.KerasTensor(shape, dtype=_result_dtype(inputs, kernel))

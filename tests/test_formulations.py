@@ -181,10 +181,9 @@ def test_chunks_in_a_model_traced_for_any_batch_size(batch_first, by_map):
     formulation = Formulation(2, batch_first, by_map, True)
 
     class Chunked(LocallyConnected2D):
-        def _apply(self, inputs, bias):
-            return _local_conv.local_conv(
-                inputs, self.kernel, self.kernel_size, formulation=formulation
-            )
+        @staticmethod
+        def _engine(*args, **kwargs):
+            return _local_conv.local_conv(*args, **kwargs, formulation=formulation)
 
     inputs = keras.Input((6, 5, 3))
     layer = Chunked(4, (3, 2), use_bias=False)

@@ -64,12 +64,15 @@ def _format_bytes(count):
 class LocalBase(Layer):
     """A layer whose kernel has one ``(K, channels)`` matrix per position.
 
-    Subclasses define `_geometry` (the forward `_shapes.Geometry` of an input
-    shape: for a transposed layer, that of its adjoint, whose output shape is
-    the layer's input), `_output_spatial_shape`, `_kernel_shape` and `_apply`
-    (the engine call), and say what the kernel's positions are (`_positions`:
-    "output" or "input") and which Keras layer shares its weights
-    (`_conv_suffix`: "" for `Conv*D`, "Transpose" for `Conv*DTranspose`).
+    Subclasses define `_engine` (the function that computes, called as
+    ``_engine(inputs, kernel, *_window(), data_format, bias=, owner=)``),
+    `_window` (their window arguments, in the engine's order), `_geometry`
+    (the forward `_shapes.Geometry` of an input shape: for a transposed layer
+    that of its adjoint, whose output shape is the layer's input),
+    `_output_spatial_shape` and `_kernel_shape`, and say what the kernel's
+    positions are (`_positions`: "output" or "input") and which Keras layer
+    shares its weights (`_conv_suffix`: "" for `Conv*D`, "Transpose" for
+    `Conv*DTranspose`).
     """
 
     _positions = "output"
@@ -213,7 +216,14 @@ class LocalBase(Layer):
         bias = None
         if self.use_bias:
             bias = ops.reshape(self.bias, (math.prod(self.bias.shape[:-1]), -1))
-        outputs = self._apply(inputs, bias)
+        outputs = self._engine(
+            inputs,
+            self.kernel,
+            *self._window(),
+            self.data_format,
+            bias=bias,
+            owner=self._owner,
+        )
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs

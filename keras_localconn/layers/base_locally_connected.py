@@ -64,36 +64,20 @@ class BaseLocallyConnected(LocalBase):
             )
         self.implementation = implementation
 
+    _engine = staticmethod(_local_conv.local_conv)
+
+    def _window(self):
+        return (self.kernel_size, self.strides, self.padding, self.dilation_rate)
+
     def _geometry(self, input_shape):
         spatial, channels = self._input_sizes(input_shape)
-        return _shapes.geometry(
-            spatial,
-            channels,
-            self.kernel_size,
-            self.strides,
-            self.padding,
-            self.dilation_rate,
-            self._owner,
-        )
+        return _shapes.geometry(spatial, channels, *self._window(), self._owner)
 
     def _output_spatial_shape(self, geo):
         return geo.output_shape
 
     def _kernel_shape(self, geo, channels):
         return geo.kernel_shape(self.filters)
-
-    def _apply(self, inputs, bias):
-        return _local_conv.local_conv(
-            inputs,
-            self.kernel,
-            self.kernel_size,
-            self.strides,
-            self.padding,
-            self.dilation_rate,
-            self.data_format,
-            bias=bias,
-            owner=self._owner,
-        )
 
     def get_config(self):
         return {**super().get_config(), "implementation": self.implementation}

@@ -56,18 +56,22 @@ class BaseLocallyConnectedTranspose(LocalBase):
             self._owner,
         )
 
-    def _geometry(self, input_shape):
-        """The forward geometry whose adjoint this layer computes."""
-        spatial, _ = self._input_sizes(input_shape)
-        return _shapes.transpose_geometry(
-            spatial,
-            self.filters,
+    _engine = staticmethod(_transpose.local_conv_transpose)
+
+    def _window(self):
+        return (
             self.kernel_size,
             self.strides,
             self.padding,
             self.output_padding,
             self.dilation_rate,
-            self._owner,
+        )
+
+    def _geometry(self, input_shape):
+        """The forward geometry whose adjoint this layer computes."""
+        spatial, _ = self._input_sizes(input_shape)
+        return _shapes.transpose_geometry(
+            spatial, self.filters, *self._window(), self._owner
         )
 
     def _output_spatial_shape(self, geo):
@@ -75,20 +79,6 @@ class BaseLocallyConnectedTranspose(LocalBase):
 
     def _kernel_shape(self, geo, channels):
         return geo.kernel_shape(channels)
-
-    def _apply(self, inputs, bias):
-        return _transpose.local_conv_transpose(
-            inputs,
-            self.kernel,
-            self.kernel_size,
-            self.strides,
-            self.padding,
-            self.output_padding,
-            self.dilation_rate,
-            self.data_format,
-            bias=bias,
-            owner=self._owner,
-        )
 
     def get_config(self):
         return {**super().get_config(), "output_padding": self.output_padding}
