@@ -109,7 +109,7 @@ class LocallyConnected1D(BaseLocallyConnected):
         filters: int,
         kernel_size: int | Sequence[int],
         strides: int | Sequence[int] = 1,
-        padding: str = "valid",
+        padding: str | int | Sequence = "valid",
         data_format: str | None = None,
         activation: str | Callable | None = None,
         use_bias: bool = True,
