@@ -19,7 +19,8 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
-from cases import Case
+
+from benchmarks.cases import Case
 
 
 @dataclasses.dataclass

@@ -370,7 +370,7 @@ def time_models(backend, rounds=9, budget_s=20.0):
 def training_step_peak_mb(model_name):
     """Runs in a fresh subprocess: peak MB of one batch-32 training step of
     the L4-L6 stack above what is resident before it, and the kernels' MB."""
-    from run import _proc_status_kib
+    from benchmarks.run import _proc_status_kib
 
     model = MODELS[model_name](LAYERS)
     x, y = _data(LAYERS, STACK_TRAINING_BATCH)

@@ -1,6 +1,6 @@
 """Benchmark this package against the backend's anchor and the matmul floor.
 
-    KERAS_BACKEND=jax python benchmarks/run.py     # what `nox -s bench-jax` runs
+    KERAS_BACKEND=jax python -m benchmarks.run     # what `nox -s bench-jax` runs
 
 One process per backend (the one in $KERAS_BACKEND). In this process every
 implementation of a shape is timed side by side, forward and
@@ -35,10 +35,12 @@ import subprocess
 import sys
 import time
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from benchmarks import models, report
+from benchmarks.cases import CASES, CASES_BY_NAME
+from benchmarks.impls import IMPLS, _data, _floor_data, warm_up_backend
 
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
 RESULTS = HERE / "results"
 CHILD_TIMEOUT_S = 90
 
@@ -51,8 +53,6 @@ def _backend():
 
 
 def _impls(backend, pattern=None):
-    from impls import IMPLS
-
     impls = IMPLS[backend]
     if pattern:
         impls = tuple(i for i in impls if pattern in i.name or i.role == "floor")
@@ -60,8 +60,6 @@ def _impls(backend, pattern=None):
 
 
 def _cases(names=None):
-    from cases import CASES, CASES_BY_NAME
-
     if not names:
         return CASES
     return tuple(CASES_BY_NAME[name] for name in names.split(","))
@@ -145,8 +143,6 @@ def child(case_name, impl_name):
     if backend == "torch":
         import torch  # noqa: F401
 
-    from impls import _data, _floor_data, warm_up_backend
-
     warm_up_backend(backend)
     _data(case)  # the random inputs are made (and cached) before the clock
     _floor_data(case)
@@ -188,13 +184,18 @@ def child(case_name, impl_name):
 
 
 def _run_json_child(arguments, timeout_s, **env_overrides):
-    """This script with `arguments` in a fresh process; its last stdout line
+    """This module with `arguments` in a fresh process; its last stdout line
     as JSON, or ``{"timeout_s": ...}`` / ``{"error": ...}``."""
     env = dict(os.environ, **env_overrides)
-    command = [sys.executable, __file__, *arguments]
+    command = [sys.executable, "-m", "benchmarks.run", *arguments]
     try:
         done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=timeout_s
+            command,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
     except subprocess.TimeoutExpired:
         return {"timeout_s": timeout_s}
@@ -292,18 +293,12 @@ def main():
         child(*args.child)
         return
     if args.child_model:
-        import models
-
         print(json.dumps(models.training_step_peak_mb(args.child_model)))
         return
     if args.child_models:
-        import models
-
         print(json.dumps(models.time_models(_backend())))
         return
     if args.report_only:
-        import report
-
         report.write_page()
         return
 
@@ -341,8 +336,6 @@ def main():
         for name, entry in timings.items():
             print(f"    {name:32s} {json.dumps(entry)}", flush=True)
     if not args.no_models:
-        import models
-
         print(f"[{backend}] DeepFace layers against the machine's limit", flush=True)
         results["models"] = models.time_models(backend)
         if not args.no_memory:
@@ -359,8 +352,6 @@ def main():
         return
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{backend}.json").write_text(json.dumps(results, indent=1) + "\n")
-    import report
-
     report.write_page()
 
 

@@ -1,6 +1,6 @@
 """Benchmark the transposed locally connected layer on one backend.
 
-    KERAS_BACKEND=jax python benchmarks/transpose.py [--budget SECONDS]
+    KERAS_BACKEND=jax python -m benchmarks.transpose [--budget SECONDS]
 
 For each shape, in one process and in interleaved rounds after a warm-up
 (medians kept), it times:
@@ -18,7 +18,7 @@ For each shape, in one process and in interleaved rounds after a warm-up
   same shapes (the backend's native kernel; P times fewer weights).
 
 JAX runs under `jax.jit`, TensorFlow under `tf.function`, torch eagerly (as
-in benchmarks/run.py). Prints a table and writes
+in `benchmarks.run`). Prints a table and writes
 ``benchmarks/results/transpose_<backend>.json``.
 """
 
@@ -34,14 +34,12 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+
+from keras_localconn import _transpose, layers
+
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # this checkout's package first
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from keras_localconn import _transpose, layers  # noqa: E402
 
 BACKEND = keras.backend.backend()
 
