@@ -30,10 +30,10 @@ Eigen.
 
 import dataclasses
 import math
-import statistics
-import time
 
 import numpy as np
+
+from benchmarks import harness
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,14 +115,8 @@ def training_limit_ms(layers, batch, rates):
 
 
 def _median_ms(fn, rounds):
-    fn()
-    fn()
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(samples)
+    """Median ms of `fn` over `rounds` calls, after two warm-up calls."""
+    return harness.median_ms(harness.interleaved_rounds({"fn": fn}, rounds)["fn"])
 
 
 def measure_rates(backend, rounds=9):
@@ -134,46 +128,16 @@ def measure_rates(backend, rounds=9):
         rng.standard_normal(LAYERS[0].kernel_bytes() // 4, dtype=np.float32)
     )
     square = ops.convert_to_tensor(rng.standard_normal((2048, 2048), dtype=np.float32))
-    total = _compiled(backend, lambda a: ops.sum(a))
-    product = _compiled(backend, lambda a: ops.matmul(a, a))
-    stream_ms = _median_ms(lambda: _block(backend, total(big)), rounds)
-    gemm_ms = _median_ms(lambda: _block(backend, product(square)), rounds)
+    total = harness.compiled(backend, lambda a: ops.sum(a))
+    product = harness.compiled(backend, lambda a: ops.matmul(a, a))
+    stream_ms = _median_ms(lambda: harness.block(backend, total(big)), rounds)
+    gemm_ms = _median_ms(lambda: harness.block(backend, product(square)), rounds)
     return {
         "stream_bytes_per_s": LAYERS[0].kernel_bytes() / (stream_ms / 1e3),
         "gemm_flops_per_s": 2 * 2048**3 / (gemm_ms / 1e3),
         "stream_ms": stream_ms,
         "gemm_ms": gemm_ms,
     }
-
-
-def _compiled(backend, fn):
-    if backend == "jax":
-        import jax
-
-        return jax.jit(fn)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn)
-    if backend == "torch":
-        import torch
-
-        def no_grad(*args):
-            with torch.no_grad():
-                return fn(*args)
-
-        return no_grad
-    return fn
-
-
-def _block(backend, value):
-    if backend == "jax":
-        import jax
-
-        return jax.block_until_ready(value)
-    if backend == "tensorflow":
-        return value.numpy()
-    return value
 
 
 # --------------------------------------------------------------------------
@@ -227,20 +191,10 @@ def _data(layers, batch, seed=0):
 
 
 def _interleaved(steps, rounds, budget_s):
-    """Median ms per named step, rounds interleaved, after two warm-up calls."""
-    for step in steps.values():
-        step()
-        step()
-    samples = {name: [] for name in steps}
-    started = time.perf_counter()
-    for k in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            samples[name].append(time.perf_counter() - start)
-        if k >= 2 and time.perf_counter() - started > budget_s:
-            break
-    return {name: 1e3 * statistics.median(v) for name, v in samples.items()}
+    """Median ms per named step, rounds interleaved, after two warm-up calls;
+    at least 3 rounds, then up to `rounds` while `budget_s` lasts."""
+    samples = harness.interleaved_rounds(steps, rounds, budget_s, min_rounds=3)
+    return {name: harness.median_ms(v) for name, v in samples.items()}
 
 
 def onednn_enabled(backend):
@@ -283,8 +237,8 @@ def time_parts(backend, rates, rounds=7):
             (layer.positions, layer.patch_size, layer.filters), dtype=np.float32
         )
     )
-    gather = _compiled(backend, lambda x_rows: ops.take(x_rows, rows, axis=0))
-    contract = _compiled(backend, lambda patches, k: ops.matmul(patches, k))
+    gather = harness.compiled(backend, lambda x_rows: ops.take(x_rows, rows, axis=0))
+    contract = harness.compiled(backend, lambda patches, k: ops.matmul(patches, k))
     for batch in (8, 32):
         channels = layer.input_shape[-1]
         pixels = math.prod(layer.input_shape[:-1])
@@ -298,10 +252,12 @@ def time_parts(backend, rates, rounds=7):
         )
         parts[f"{layer.name} b{batch}"] = {
             "gather_ms": _median_ms(
-                lambda x_rows=x_rows: _block(backend, gather(x_rows)), rounds
+                lambda x_rows=x_rows: harness.block(backend, gather(x_rows)), rounds
             ),
             "contract_ms": _median_ms(
-                lambda patches=patches: _block(backend, contract(patches, kernel)),
+                lambda patches=patches: harness.block(
+                    backend, contract(patches, kernel)
+                ),
                 rounds,
             ),
             "limit_ms": forward_limit_ms((layer,), batch, rates),
@@ -370,16 +326,10 @@ def time_models(backend, rounds=9, budget_s=20.0):
 def training_step_peak_mb(model_name):
     """Runs in a fresh subprocess: peak MB of one batch-32 training step of
     the L4-L6 stack above what is resident before it, and the kernels' MB."""
-    from benchmarks.run import _proc_status_kib
-
     model = MODELS[model_name](LAYERS)
     x, y = _data(LAYERS, STACK_TRAINING_BATCH)
     model.train_on_batch(x, y)
     model.train_on_batch(x, y)
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    before = _proc_status_kib("VmRSS")
-    model.train_on_batch(x, y)
-    peak = _proc_status_kib("VmHWM")
+    peak_mb, _ = harness.step_peak_mb(lambda: model.train_on_batch(x, y))
     kernels = sum(layer.kernel_bytes() for layer in LAYERS) / 2**20
-    return {"step_peak_mb": (peak - before) / 1024, "kernels_mb": kernels}
+    return {"step_peak_mb": peak_mb, "kernels_mb": kernels}

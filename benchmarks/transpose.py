@@ -30,18 +30,15 @@ import math
 import os
 import pathlib
 import platform
-import statistics
-import sys
-import time
 
 import keras
 import numpy as np
 
+from benchmarks import harness
 from keras_localconn import _transpose, layers
 
 HERE = pathlib.Path(__file__).resolve().parent
-
-BACKEND = keras.backend.backend()
+BACKEND = harness.backend()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +111,17 @@ def _runners(shape):
     rng = np.random.default_rng(0)
     y = rng.standard_normal(shape.input_shape, dtype=np.float32)
     x = np.zeros(output_shape, np.float32)
+    kernel, conv_kernel = ours.kernel.value, conv.kernel.value
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        y, x = tf.constant(y), tf.constant(x)
+    elif BACKEND == "torch":
+        import torch
+
+        y = torch.from_numpy(y)
+        x = torch.from_numpy(x).requires_grad_(True)
+        kernel, conv_kernel = kernel.detach(), conv_kernel.detach()
 
     def transposed(y, kernel):
         return ours.stateless_call([kernel], [], y)[0]
@@ -127,32 +135,35 @@ def _runners(shape):
     formulations = {"ours": _transpose.SCATTER_ADD}
     if _transpose.SCATTER_ADD:
         formulations["ours, gather-sum"] = False
-    kernel = ours.kernel.value
     runners = {}
+    for name, scatter_add in formulations.items():
+        # The formulation is read while tracing: compile inside the switch.
+        step = _with_formulation(harness.compiled(BACKEND, transposed), scatter_add)
+        runners[name] = _to_completion(step, y, kernel)
+    runners["grad of forward"] = _to_completion(
+        _grad_of_forward(forward_fn, x), y, kernel
+    )
+    runners[f"Conv{shape.rank}DTranspose"] = _to_completion(
+        harness.compiled(BACKEND, conv_transpose), y, conv_kernel
+    )
+    return runners
+
+
+def _grad_of_forward(forward_fn, x):
+    """`(cotangent, kernel) ->` the gradient w.r.t. `x` of `forward_fn(x,
+    kernel)`, pulled back from `cotangent`: compiled on JAX and TensorFlow
+    (which drop the unused forward matmul), eager on torch (whose autograd
+    runs the forward pass first)."""
     if BACKEND == "jax":
         import jax
-
-        for name, scatter_add in formulations.items():
-            # The formulation is read while tracing: jit inside the switch.
-            step = _with_formulation(jax.jit(transposed), scatter_add)
-            runners[name] = _jax_blocking(step, y, kernel)
 
         @jax.jit
         def grad_of_forward(cotangent, kernel):
             _, pullback = jax.vjp(lambda x: forward_fn(x, kernel), x)
             return pullback(cotangent)[0]
 
-        runners["grad of forward"] = _jax_blocking(grad_of_forward, y, kernel)
-        runners[f"Conv{shape.rank}DTranspose"] = _jax_blocking(
-            jax.jit(conv_transpose), y, conv.kernel.value
-        )
     elif BACKEND == "tensorflow":
         import tensorflow as tf
-
-        y, x = tf.constant(y), tf.constant(x)
-        for name, scatter_add in formulations.items():
-            step = _with_formulation(tf.function(transposed), scatter_add)
-            runners[name] = _tf_blocking(step, y, kernel)
 
         @tf.function
         def grad_of_forward(cotangent, kernel):
@@ -161,80 +172,28 @@ def _runners(shape):
                 outputs = forward_fn(x, kernel)
             return tape.gradient(outputs, x, output_gradients=cotangent)
 
-        runners["grad of forward"] = _tf_blocking(grad_of_forward, y, kernel)
-        runners[f"Conv{shape.rank}DTranspose"] = _tf_blocking(
-            tf.function(conv_transpose), y, conv.kernel.value
-        )
-    elif BACKEND == "torch":
+    else:
         import torch
-
-        y = torch.from_numpy(y)
-        x = torch.from_numpy(x).requires_grad_(True)
-        kernel = kernel.detach()
-
-        for name, scatter_add in formulations.items():
-            step = _with_formulation(transposed, scatter_add)
-            runners[name] = _torch_no_grad(step, y, kernel)
 
         def grad_of_forward(cotangent, kernel):
             return torch.autograd.grad(forward_fn(x, kernel), x, cotangent)[0]
 
-        runners["grad of forward"] = lambda: grad_of_forward(y, kernel)
-        runners[f"Conv{shape.rank}DTranspose"] = _torch_no_grad(
-            conv_transpose, y, conv.kernel.value.detach()
-        )
-    else:
-        sys.exit(f"Set KERAS_BACKEND to jax, tensorflow or torch (got {BACKEND!r}).")
-    return runners
+    return grad_of_forward
 
 
-def _jax_blocking(fn, *args):
-    import jax
-
-    return lambda: jax.block_until_ready(fn(*args))
-
-
-def _tf_blocking(fn, *args):
-    # .numpy() waits for the result (TensorFlow runs ops asynchronously).
-    return lambda: fn(*args).numpy()
-
-
-def _torch_no_grad(fn, *args):
-    import torch
-
-    def run():
-        with torch.no_grad():
-            return fn(*args)
-
-    return run
+def _to_completion(fn, *args):
+    return lambda: harness.block(BACKEND, fn(*args))
 
 
 def time_shape(shape, budget_s, min_rounds=5, max_rounds=30):
     """Median milliseconds per implementation, in interleaved rounds."""
-    runners = _runners(shape)
-    for run in runners.values():  # compile and warm up
-        run()
-        run()
-    times = {name: [] for name in runners}
-    start = time.perf_counter()
-    for round_ in range(max_rounds):
-        for name, run in runners.items():
-            begin = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - begin)
-        if round_ + 1 >= min_rounds and time.perf_counter() - start > budget_s:
-            break
+    times = harness.interleaved_rounds(
+        _runners(shape), max_rounds, budget_s, min_rounds=min_rounds
+    )
     return {
-        name: {
-            "median_ms": 1e3 * statistics.median(samples),
-            "rounds": len(samples),
-        }
+        name: {"median_ms": harness.median_ms(samples), "rounds": len(samples)}
         for name, samples in times.items()
     }
-
-
-def _backend_version():
-    return f"{BACKEND} {__import__(BACKEND).__version__}"
 
 
 def main():
@@ -267,7 +226,7 @@ def main():
         _print_shape(results[-1])
 
     record = {
-        "backend": _backend_version(),
+        "backend": harness.backend_version(BACKEND),
         "keras": keras.__version__,
         "formulation": "scatter-add" if _transpose.SCATTER_ADD else "gather-sum",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
@@ -283,7 +242,8 @@ def main():
 
 
 def _print_shape(result):
-    print(f"\n{result['label']} ({_backend_version()}, keras {keras.__version__})")
+    versions = f"{harness.backend_version(BACKEND)}, keras {keras.__version__}"
+    print(f"\n{result['label']} ({versions})")
     ours = result["timings"]["ours"]["median_ms"]
     for name, timing in result["timings"].items():
         print(
