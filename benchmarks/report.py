@@ -133,17 +133,13 @@ def _speedup(anchor, ours, key):
 
 
 def _case_limits(case, result):
-    """(forward, fwd+bwd) limits in ms of a `cases.py` shape, or Nones."""
+    """(forward, fwd+bwd) limits in ms of one of `cases.CASES`, or Nones."""
     rates = result.get("models", {}).get("rates")
     if not rates:
         return None, None
-    layer = models.Layer(
-        case.name, case.input_shape[1:], case.kernel_size, case.strides, case.filters
-    )
-    batch = case.batch
     return (
-        models.forward_limit_ms((layer,), batch, rates),
-        models.training_limit_ms((layer,), batch, rates),
+        models.forward_limit_ms((case,), case.batch, rates),
+        models.training_limit_ms((case,), case.batch, rates),
     )
 
 

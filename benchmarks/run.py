@@ -36,7 +36,7 @@ import time
 
 from benchmarks import harness, models, report
 from benchmarks.cases import CASES, CASES_BY_NAME
-from benchmarks.impls import IMPLS, _data, _floor_data, warm_up_backend
+from benchmarks.impls import IMPLS, case_arrays, floor_arrays, warm_up_backend
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -114,8 +114,8 @@ def child(case_name, impl_name):
         import torch  # noqa: F401
 
     warm_up_backend(backend)
-    _data(case)  # the random inputs are made (and cached) before the clock
-    _floor_data(case)
+    case_arrays(case)  # the random inputs are made (and cached) before the clock
+    floor_arrays(case)
     start = time.perf_counter()
     runner = impl.make(case)
     made = time.perf_counter()
@@ -287,7 +287,7 @@ def main():
         results["models"] = models.time_models(backend)
         if not args.no_memory:
             results["models"]["training_memory"] = {
-                name: run_model_child(name) for name in models.MODELS
+                name: run_model_child(name) for name in models.MODEL_BUILDERS
             }
             print(f"    memory: {results['models']['training_memory']}", flush=True)
         if backend == "tensorflow" and not results["models"]["onednn"]:

@@ -23,7 +23,6 @@ in `benchmarks.run`). Prints a table and writes
 """
 
 import argparse
-import dataclasses
 import datetime
 import json
 import math
@@ -35,40 +34,11 @@ import keras
 import numpy as np
 
 from benchmarks import harness
+from benchmarks.cases import TRANSPOSE_CASES
 from keras_localconn import _transpose, layers
 
 HERE = pathlib.Path(__file__).resolve().parent
 BACKEND = harness.backend()
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    name: str
-    input_shape: tuple  # (batch, *spatial, channels), channels_last
-    filters: int
-    kernel_size: int
-    strides: int
-    padding: str
-
-    @property
-    def rank(self):
-        return len(self.input_shape) - 2
-
-    def label(self):
-        return (
-            f"{self.rank}D {self.input_shape} -> {self.filters}f, "
-            f"k{self.kernel_size} s{self.strides} {self.padding}"
-        )
-
-
-SHAPES = (
-    # The decoder half of a stride-2 encoder: 16x16 -> 32x32.
-    Shape("decoder2d_s2", (32, 16, 16, 32), 16, 3, 2, "same"),
-    # The adjoint of the DeepFace-like forward shape: 30x30 -> 32x32.
-    Shape("deepface2d_s1", (64, 30, 30, 32), 16, 3, 1, "valid"),
-    # A 1D upsampler: 500 -> 1000 steps.
-    Shape("upsample1d_s2", (128, 500, 32), 16, 4, 2, "same"),
-)
 
 
 def _layers(shape):
@@ -203,9 +173,9 @@ def main():
     )
     parser.add_argument("--shapes", help="comma-separated shape names")
     args = parser.parse_args()
-    shapes = SHAPES
+    shapes = TRANSPOSE_CASES
     if args.shapes:
-        shapes = tuple(s for s in SHAPES if s.name in args.shapes.split(","))
+        shapes = tuple(s for s in shapes if s.name in args.shapes.split(","))
 
     results = []
     for shape in shapes:
@@ -215,8 +185,8 @@ def main():
         results.append(
             {
                 "name": shape.name,
-                "label": shape.label(),
-                "positions": math.prod(shape.input_shape[1:-1]),
+                "label": shape.label,
+                "positions": math.prod(shape.spatial),
                 "timings": timings,
                 "ours_vs_grad_of_forward": ours
                 / timings["grad of forward"]["median_ms"],
