@@ -8,7 +8,8 @@ The one copy of what `run.py`, `models.py` and `transpose.py` share:
   it has used its own budget: `run.py`) and `median_ms`;
 - peak memory: `step_peak_mb`, read from Linux's ``/proc/self``;
 - the backend: `backend` (``$KERAS_BACKEND``, checked), `backend_version`,
-  `versions`, `compiled` (a function as that backend runs it fastest) and
+  `versions`, `onednn_enabled` (TensorFlow's own word, from a fresh
+  process), `compiled` (a function as that backend runs it fastest) and
   `block` (wait until a result exists).
 """
 
@@ -17,6 +18,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -135,6 +137,32 @@ def versions(backend):
         except metadata.PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+# What TensorFlow logs (INFO, C++) when it loads with its oneDNN kernels on.
+ONEDNN_ON_LOG = "oneDNN custom operations are on"
+
+
+def onednn_enabled(backend):
+    """Whether TensorFlow runs its oneDNN kernels in a process with this
+    environment (None: not TensorFlow).
+
+    TensorFlow decides once, as it loads, from how it was built, the CPU's
+    features and ``TF_ENABLE_ONEDNN_OPTS``, and logs `ONEDNN_ON_LOG` when
+    they are on: a fresh process imports it with its INFO logs shown
+    (``TF_CPP_MIN_LOG_LEVEL=0``) and its stderr is searched for that line.
+    """
+    if backend != "tensorflow":
+        return None
+    done = subprocess.run(
+        [sys.executable, "-c", "import tensorflow"],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return ONEDNN_ON_LOG in done.stderr
 
 
 def compiled(backend, fn):

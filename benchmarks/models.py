@@ -153,15 +153,6 @@ def _interleaved(steps, rounds, budget_s):
     return {name: harness.median_ms(v) for name, v in samples.items()}
 
 
-def onednn_enabled(backend):
-    """Whether TensorFlow runs its oneDNN kernels here (None: not TensorFlow)."""
-    if backend != "tensorflow":
-        return None
-    from tensorflow.python.util import _pywrap_util_port
-
-    return bool(_pywrap_util_port.IsMklEnabled())
-
-
 def _patch_rows(shape):
     """Input row of every (position, kernel offset) of a stride-1 2D layer,
     position-major: the gather that builds the patches."""
@@ -272,7 +263,7 @@ def time_models(backend, rounds=9, budget_s=20.0):
     print(f"    stack: {stack}")
     return {
         "rates": rates,
-        "onednn": onednn_enabled(backend),
+        "onednn": harness.onednn_enabled(backend),
         "forward": forward,
         "stack": stack,
         "parts": time_parts(backend, rates),
