@@ -5,10 +5,12 @@
 For each shape, in one process and in interleaved rounds after a warm-up
 (medians kept), it times:
 
-- ``ours``: the forward pass of `LocallyConnected{N}DTranspose`, on the
+- ``ours``: the forward pass of `LocallyConnected{N}DTranspose`: its op,
+  `local_conv_transpose`, with the layer's kernel and arguments, on the
   formulation this Keras picks (one scatter-add, Keras >= 3.14);
-- ``ours, gather-sum``: the same with the formulation used on older Keras
-  (contributions gathered back per output row and summed), to show the choice;
+- ``ours, gather-sum``: the same op told to use the formulation of older
+  Keras (``scatter_add=False``: contributions gathered back per output row
+  and summed), to show the choice;
 - ``grad of forward``: the gradient w.r.t. its input of the forward
   `LocallyConnected{N}D` with the same kernel, pulled back from the same
   tensor: the same arithmetic, through the backend's autodiff. JAX and
@@ -63,14 +65,23 @@ def _layers(shape):
     return ours, forward, conv, output_shape
 
 
-def _with_formulation(fn, scatter_add):
-    def call(*args):
-        saved = _transpose.SCATTER_ADD
-        _transpose.SCATTER_ADD = scatter_add
-        try:
-            return fn(*args)
-        finally:
-            _transpose.SCATTER_ADD = saved
+def _transposed(layer, scatter_add):
+    """`(y, kernel) ->` `layer`'s op on `y` with `kernel`, in the formulation
+    `scatter_add` (None: the one this Keras picks). A new function each time,
+    so that JAX traces each formulation apart."""
+
+    def call(y, kernel):
+        return _transpose.local_conv_transpose(
+            y,
+            kernel,
+            layer.kernel_size,
+            strides=layer.strides,
+            padding=layer.padding,
+            output_padding=layer.output_padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+            scatter_add=scatter_add,
+        )
 
     return call
 
@@ -93,22 +104,18 @@ def _runners(shape):
         x = torch.from_numpy(x).requires_grad_(True)
         kernel, conv_kernel = kernel.detach(), conv_kernel.detach()
 
-    def transposed(y, kernel):
-        return ours.stateless_call([kernel], [], y)[0]
-
     def conv_transpose(y, kernel):
         return conv.stateless_call([kernel], [], y)[0]
 
     def forward_fn(x, kernel):
         return forward.stateless_call([kernel], [], x)[0]
 
-    formulations = {"ours": _transpose.SCATTER_ADD}
-    if _transpose.SCATTER_ADD:
+    formulations = {"ours": None}
+    if _transpose.HAS_SCATTER_ADD:
         formulations["ours, gather-sum"] = False
     runners = {}
     for name, scatter_add in formulations.items():
-        # The formulation is read while tracing: compile inside the switch.
-        step = _with_formulation(harness.compiled(BACKEND, transposed), scatter_add)
+        step = harness.compiled(BACKEND, _transposed(ours, scatter_add))
         runners[name] = _to_completion(step, y, kernel)
     runners["grad of forward"] = _to_completion(
         _grad_of_forward(forward_fn, x), y, kernel
@@ -198,7 +205,7 @@ def main():
     record = {
         "backend": harness.backend_version(BACKEND),
         "keras": keras.__version__,
-        "formulation": "scatter-add" if _transpose.SCATTER_ADD else "gather-sum",
+        "formulation": "scatter-add" if _transpose.HAS_SCATTER_ADD else "gather-sum",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
