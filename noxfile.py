@@ -234,9 +234,9 @@ def _bench(session, backend):
     """Benchmarks against each backend's best alternative and the matmul floor."""
     groups = ["bench", "bench-jax"] if backend == "jax" else ["bench"]
     install_backend(session, backend, *_groups(*groups))
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "-m", "benchmarks.run", *session.posargs)
     if not session.posargs:  # the transposed layers, beside their references
-        session.run("python", "benchmarks/transpose.py")
+        session.run("python", "-m", "benchmarks.transpose")
 
 
 _backend_sessions("bench", TRAINING_BACKENDS, TRAINING_BACKENDS, _bench)

@@ -1,22 +1,35 @@
-"""The benchmark shapes: four small layers whose kernels stay in cache."""
+"""The shapes the benchmarks time, all of one type, `ConvShape`.
+
+- `CASES` (`run.py`): four small layers whose kernels stay in cache;
+- `DEEPFACE_LAYERS` (`models.py`): DeepFace's locally connected L4, L5 and
+  L6, whose kernels do not (L4's is 239 MB);
+- `TRANSPOSE_CASES` (`transpose.py`): the inputs of the transposed layers.
+"""
 
 import dataclasses
 import math
 
 
 @dataclasses.dataclass(frozen=True)
-class Case:
-    """One local convolution: channels_last input, valid padding."""
+class ConvShape:
+    """One locally connected layer: its input, window, strides and filters.
+
+    `input_shape` is ``(batch, *spatial, channels)`` (channels_last), with
+    batch None where each measurement picks its own (`DEEPFACE_LAYERS`). The
+    sizes derived below are those of the forward layer with this input; a
+    transposed layer (`TRANSPOSE_CASES`) computes its own output shape.
+    """
 
     name: str
-    label: str
-    input_shape: tuple  # (batch, *spatial, channels)
+    input_shape: tuple
     kernel_size: tuple
     strides: tuple
     filters: int
+    padding: str = "valid"
+    label: str = ""  # for the results and the tables
+    short: str = ""  # for the chart's axis
     # Build + first call is reported for these (the 32x32 and 128x128 inputs).
     report_build: bool = False
-    short: str = ""  # for the chart's axis
 
     @property
     def rank(self):
@@ -36,6 +49,8 @@ class Case:
 
     @property
     def output_spatial(self):
+        if self.padding == "same":
+            return tuple(-(-n // s) for n, s in zip(self.spatial, self.strides))
         return tuple(
             (n - k) // s + 1
             for n, k, s in zip(self.spatial, self.kernel_size, self.strides)
@@ -57,46 +72,96 @@ class Case:
     def kernel_shape(self):
         return (self.positions, self.patch_size, self.filters)
 
+    def kernel_bytes(self, itemsize=4):
+        return self.positions * self.patch_size * self.filters * itemsize
+
+    def activation_bytes(self, batch, itemsize=4):
+        """Input plus output of one call at `batch`."""
+        inputs = batch * math.prod(self.input_shape[1:])
+        outputs = batch * self.positions * self.filters
+        return (inputs + outputs) * itemsize
+
+    def flops(self, batch):
+        return 2 * self.positions * self.patch_size * self.filters * batch
+
 
 CASES = (
-    Case(
+    ConvShape(
         "deepface",
-        "2D (64,32,32,16) 3×3 32f",
         (64, 32, 32, 16),
         (3, 3),
         (1, 1),
         32,
-        report_build=True,
+        label="2D (64,32,32,16) 3×3 32f",
         short="DeepFace-like\n32×32",
+        report_build=True,
     ),
-    Case(
+    ConvShape(
         "large",
-        "2D (8,128,128,8) 3×3 16f",
         (8, 128, 128, 8),
         (3, 3),
         (1, 1),
         16,
-        report_build=True,
+        label="2D (8,128,128,8) 3×3 16f",
         short="large\n128×128",
+        report_build=True,
     ),
-    Case(
+    ConvShape(
         "strided",
-        "2D (64,32,32,16) 3×3 s2 32f",
         (64, 32, 32, 16),
         (3, 3),
         (2, 2),
         32,
+        label="2D (64,32,32,16) 3×3 s2 32f",
         short="strided\n32×32, s2",
     ),
-    Case(
+    ConvShape(
         "seq1d",
-        "1D (256,1000,16) k5 32f",
         (256, 1000, 16),
         (5,),
         (1,),
         32,
+        label="1D (256,1000,16) k5 32f",
         short="1D\nlength 1000",
     ),
 )
 
 CASES_BY_NAME = {case.name: case for case in CASES}
+
+DEEPFACE_LAYERS = (
+    ConvShape("L4", (None, 63, 63, 16), (9, 9), (1, 1), 16),
+    ConvShape("L5", (None, 55, 55, 16), (7, 7), (2, 2), 16),
+    ConvShape("L6", (None, 25, 25, 16), (5, 5), (1, 1), 16),
+)
+
+TRANSPOSE_CASES = (
+    # The decoder half of a stride-2 encoder: 16x16 -> 32x32.
+    ConvShape(
+        "decoder2d_s2",
+        (32, 16, 16, 32),
+        (3, 3),
+        (2, 2),
+        16,
+        padding="same",
+        label="2D (32, 16, 16, 32) -> 16f, k3 s2 same",
+    ),
+    # The adjoint of the DeepFace-like forward shape: 30x30 -> 32x32.
+    ConvShape(
+        "deepface2d_s1",
+        (64, 30, 30, 32),
+        (3, 3),
+        (1, 1),
+        16,
+        label="2D (64, 30, 30, 32) -> 16f, k3 s1 valid",
+    ),
+    # A 1D upsampler: 500 -> 1000 steps.
+    ConvShape(
+        "upsample1d_s2",
+        (128, 500, 32),
+        (4,),
+        (2,),
+        16,
+        padding="same",
+        label="1D (128, 500, 32) -> 16f, k4 s2 same",
+    ),
+)

@@ -19,7 +19,8 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
-from cases import Case
+
+from benchmarks.cases import ConvShape
 
 
 @dataclasses.dataclass
@@ -32,7 +33,7 @@ class Runner:
 class Impl:
     name: str
     role: str
-    make: Callable[[Case], Runner]
+    make: Callable[[ConvShape], Runner]
     # None: every case; else the case names it runs on (a note says why).
     cases: tuple | None = None
     note: str = ""
@@ -45,8 +46,8 @@ class Impl:
 
 
 @functools.lru_cache(maxsize=1)
-def _data(case, seed=0):
-    """Input, kernel, output cotangent and floor patches, as float32 numpy."""
+def case_arrays(case, seed=0):
+    """Input, kernel and output cotangent of `case`, as float32 numpy."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(case.input_shape, dtype=np.float32)
     kernel = rng.standard_normal(case.kernel_shape, dtype=np.float32)
@@ -56,7 +57,8 @@ def _data(case, seed=0):
 
 
 @functools.lru_cache(maxsize=1)
-def _floor_data(case, seed=0):
+def floor_arrays(case, seed=0):
+    """The floor's patches, kernel and output cotangent, as float32 numpy."""
     rng = np.random.default_rng(seed)
     patches = rng.standard_normal(
         (case.positions, case.batch, case.patch_size), dtype=np.float32
@@ -148,7 +150,7 @@ def _jax_runner(fn, x, params, cotangent):
 def _jax_ours(case):
     import jax.numpy as jnp
 
-    x, _, cotangent = _data(case)
+    x, _, cotangent = case_arrays(case)
     layer = _our_layer(case)
     return _jax_runner(
         _our_fn(layer), jnp.asarray(x), layer.kernel.value, jnp.asarray(cotangent)
@@ -160,7 +162,7 @@ def _jax_flax(case):
     import jax.numpy as jnp
     from flax import linen
 
-    x, _, cotangent = _data(case)
+    x, _, cotangent = case_arrays(case)
     module = linen.ConvLocal(
         features=case.filters,
         kernel_size=case.kernel_size,
@@ -178,7 +180,7 @@ def _jax_flax(case):
 def _jax_floor(case):
     import jax.numpy as jnp
 
-    patches, kernel, cotangent = (jnp.asarray(a) for a in _floor_data(case))
+    patches, kernel, cotangent = (jnp.asarray(a) for a in floor_arrays(case))
     return _jax_runner(jnp.matmul, patches, kernel, cotangent)
 
 
@@ -217,7 +219,7 @@ def _tf_runner(fn, x, params, cotangent, jit_compile=False):
 def _tf_ours(case, jit_compile=False):
     import tensorflow as tf
 
-    x, _, cotangent = _data(case)
+    x, _, cotangent = case_arrays(case)
     layer = _our_layer(case)
     fn = _our_fn(layer)
     return _tf_runner(
@@ -233,7 +235,7 @@ def _tf_keras(case, implementation):
     import tensorflow as tf
     import tf_keras
 
-    x, _, cotangent = _data(case)
+    x, _, cotangent = case_arrays(case)
     cls = {
         1: tf_keras.layers.LocallyConnected1D,
         2: tf_keras.layers.LocallyConnected2D,
@@ -257,7 +259,7 @@ def _tf_keras(case, implementation):
 def _tf_floor(case):
     import tensorflow as tf
 
-    patches, kernel, cotangent = (tf.constant(a) for a in _floor_data(case))
+    patches, kernel, cotangent = (tf.constant(a) for a in floor_arrays(case))
     return _tf_runner(
         lambda p, params: tf.matmul(p, params[0]), patches, [kernel], cotangent
     )
@@ -334,7 +336,7 @@ def _torch_runner(fn, x, params, cotangent):
 def _torch_ours(case):
     import torch
 
-    x, _, cotangent = _data(case)
+    x, _, cotangent = case_arrays(case)
     layer = _our_layer(case)
     fn = _our_fn(layer)
     kernel = layer.kernel.value.detach().clone()
@@ -351,7 +353,7 @@ def _torch_unfold(case):
     import torch
     import torch.nn.functional as F
 
-    x, kernel, cotangent = _data(case)
+    x, kernel, cotangent = case_arrays(case)
     # NC(H)W input and output; the kernel's K in unfold's (channel, offsets)
     # order.
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
@@ -373,7 +375,7 @@ def _torch_unfold(case):
 def _torch_floor(case):
     import torch
 
-    patches, kernel, cotangent = (torch.from_numpy(a) for a in _floor_data(case))
+    patches, kernel, cotangent = (torch.from_numpy(a) for a in floor_arrays(case))
     return _torch_runner(
         lambda p, params: torch.bmm(p, params[0]), patches, [kernel], cotangent
     )

@@ -1,6 +1,6 @@
 """DeepFace's locally connected layers, timed against the machine's limit.
 
-The shapes of `cases.py` are small enough that kernels and patches stay in
+The shapes of `cases.CASES` are small enough that kernels and patches stay in
 cache. Real models are not: DeepFace's L4 alone has a 239 MB kernel. Here,
 in the process of one backend:
 
@@ -28,85 +28,41 @@ CPUs without AVX-512 (this machine), and its batched matmul then runs on
 Eigen.
 """
 
-import dataclasses
 import math
-import statistics
-import time
 
 import numpy as np
 
+from benchmarks import harness
+from benchmarks.cases import DEEPFACE_LAYERS
 
-@dataclasses.dataclass(frozen=True)
-class Layer:
-    name: str
-    input_shape: tuple  # (*spatial, channels)
-    kernel_size: tuple
-    strides: tuple
-    filters: int = 16
-
-    @property
-    def output_spatial(self):
-        return tuple(
-            (n - k) // s + 1
-            for n, k, s in zip(self.input_shape[:-1], self.kernel_size, self.strides)
-        )
-
-    @property
-    def positions(self):
-        return math.prod(self.output_spatial)
-
-    @property
-    def patch_size(self):
-        return math.prod(self.kernel_size) * self.input_shape[-1]
-
-    def kernel_bytes(self, itemsize=4):
-        return self.positions * self.patch_size * self.filters * itemsize
-
-    def activation_bytes(self, batch, itemsize=4):
-        """Input plus output of one call."""
-        inputs = batch * math.prod(self.input_shape)
-        outputs = batch * self.positions * self.filters
-        return (inputs + outputs) * itemsize
-
-    def flops(self, batch):
-        return 2 * self.positions * self.patch_size * self.filters * batch
-
-
-LAYERS = (
-    Layer("L4", (63, 63, 16), (9, 9), (1, 1)),
-    Layer("L5", (55, 55, 16), (7, 7), (2, 2)),
-    Layer("L6", (25, 25, 16), (5, 5), (1, 1)),
-)
 BATCHES = (1, 8, 32)
 STACK_INFERENCE_BATCH = 8
 STACK_TRAINING_BATCH = 32
 
 
-def forward_limit_ms(layers, batch, rates):
-    """Each kernel, input and output moved once, or the FLOPs at GEMM rate."""
-    moved = sum(
-        layer.kernel_bytes() + layer.activation_bytes(batch) for layer in layers
-    )
-    flops = sum(layer.flops(batch) for layer in layers)
+def _limit_ms(moved_bytes, flops, rates):
     return (
-        max(moved / rates["stream_bytes_per_s"], flops / rates["gemm_flops_per_s"])
+        max(
+            moved_bytes / rates["stream_bytes_per_s"],
+            flops / rates["gemm_flops_per_s"],
+        )
         * 1e3
     )
 
 
-def training_limit_ms(layers, batch, rates):
+def forward_limit_ms(shapes, batch, rates):
+    """Each kernel, input and output moved once, or the FLOPs at GEMM rate."""
+    moved = sum(s.kernel_bytes() + s.activation_bytes(batch) for s in shapes)
+    return _limit_ms(moved, sum(s.flops(batch) for s in shapes), rates)
+
+
+def training_limit_ms(shapes, batch, rates):
     """A training step: every kernel read twice (forward, then the input
     gradient) and written once (the update, fused with its gradient at best),
     activations and their gradients moved once each; 3x the forward FLOPs
     (forward, input gradient, kernel gradient)."""
-    moved = sum(
-        3 * layer.kernel_bytes() + 2 * layer.activation_bytes(batch) for layer in layers
-    )
-    flops = 3 * sum(layer.flops(batch) for layer in layers)
-    return (
-        max(moved / rates["stream_bytes_per_s"], flops / rates["gemm_flops_per_s"])
-        * 1e3
-    )
+    moved = sum(3 * s.kernel_bytes() + 2 * s.activation_bytes(batch) for s in shapes)
+    return _limit_ms(moved, 3 * sum(s.flops(batch) for s in shapes), rates)
 
 
 # --------------------------------------------------------------------------
@@ -115,14 +71,8 @@ def training_limit_ms(layers, batch, rates):
 
 
 def _median_ms(fn, rounds):
-    fn()
-    fn()
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(samples)
+    """Median ms of `fn` over `rounds` calls, after two warm-up calls."""
+    return harness.median_ms(harness.interleaved_rounds({"fn": fn}, rounds)["fn"])
 
 
 def measure_rates(backend, rounds=9):
@@ -131,49 +81,19 @@ def measure_rates(backend, rounds=9):
 
     rng = np.random.default_rng(0)
     big = ops.convert_to_tensor(
-        rng.standard_normal(LAYERS[0].kernel_bytes() // 4, dtype=np.float32)
+        rng.standard_normal(DEEPFACE_LAYERS[0].kernel_bytes() // 4, dtype=np.float32)
     )
     square = ops.convert_to_tensor(rng.standard_normal((2048, 2048), dtype=np.float32))
-    total = _compiled(backend, lambda a: ops.sum(a))
-    product = _compiled(backend, lambda a: ops.matmul(a, a))
-    stream_ms = _median_ms(lambda: _block(backend, total(big)), rounds)
-    gemm_ms = _median_ms(lambda: _block(backend, product(square)), rounds)
+    total = harness.compiled(backend, lambda a: ops.sum(a))
+    product = harness.compiled(backend, lambda a: ops.matmul(a, a))
+    stream_ms = _median_ms(lambda: harness.block(backend, total(big)), rounds)
+    gemm_ms = _median_ms(lambda: harness.block(backend, product(square)), rounds)
     return {
-        "stream_bytes_per_s": LAYERS[0].kernel_bytes() / (stream_ms / 1e3),
+        "stream_bytes_per_s": DEEPFACE_LAYERS[0].kernel_bytes() / (stream_ms / 1e3),
         "gemm_flops_per_s": 2 * 2048**3 / (gemm_ms / 1e3),
         "stream_ms": stream_ms,
         "gemm_ms": gemm_ms,
     }
-
-
-def _compiled(backend, fn):
-    if backend == "jax":
-        import jax
-
-        return jax.jit(fn)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn)
-    if backend == "torch":
-        import torch
-
-        def no_grad(*args):
-            with torch.no_grad():
-                return fn(*args)
-
-        return no_grad
-    return fn
-
-
-def _block(backend, value):
-    if backend == "jax":
-        import jax
-
-        return jax.block_until_ready(value)
-    if backend == "tensorflow":
-        return value.numpy()
-    return value
 
 
 # --------------------------------------------------------------------------
@@ -181,16 +101,16 @@ def _block(backend, value):
 # --------------------------------------------------------------------------
 
 
-def _keras3_model(layers, seed=0):
+def _keras3_model(shapes, seed=0):
     import keras
 
     from keras_localconn import LocallyConnected2D
 
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input(layers[0].input_shape)
+    inputs = keras.Input(shapes[0].input_shape[1:])
     x = inputs
-    for layer in layers:
-        x = LocallyConnected2D(layer.filters, layer.kernel_size, strides=layer.strides)(
+    for shape in shapes:
+        x = LocallyConnected2D(shape.filters, shape.kernel_size, strides=shape.strides)(
             x
         )
     model = keras.Model(inputs, x)
@@ -198,28 +118,28 @@ def _keras3_model(layers, seed=0):
     return model
 
 
-def _keras2_model(layers, seed=0):
+def _keras2_model(shapes, seed=0):
     import tf_keras
 
     tf_keras.utils.set_random_seed(seed)
-    inputs = tf_keras.Input(layers[0].input_shape)
+    inputs = tf_keras.Input(shapes[0].input_shape[1:])
     x = inputs
-    for layer in layers:
+    for shape in shapes:
         x = tf_keras.layers.LocallyConnected2D(
-            layer.filters, layer.kernel_size, strides=layer.strides, implementation=1
+            shape.filters, shape.kernel_size, strides=shape.strides, implementation=1
         )(x)
     model = tf_keras.Model(inputs, x)
     model.compile(optimizer=tf_keras.optimizers.SGD(1e-4), loss="mse")
     return model
 
 
-MODELS = {"ours": _keras3_model, "tf.keras 2 implementation=1": _keras2_model}
+MODEL_BUILDERS = {"ours": _keras3_model, "tf.keras 2 implementation=1": _keras2_model}
 
 
-def _data(layers, batch, seed=0):
+def _inputs_and_targets(shapes, batch, seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, *layers[0].input_shape), dtype=np.float32)
-    last = layers[-1]
+    x = rng.standard_normal((batch, *shapes[0].input_shape[1:]), dtype=np.float32)
+    last = shapes[-1]
     y = rng.standard_normal(
         (batch, *last.output_spatial, last.filters), dtype=np.float32
     )
@@ -227,37 +147,18 @@ def _data(layers, batch, seed=0):
 
 
 def _interleaved(steps, rounds, budget_s):
-    """Median ms per named step, rounds interleaved, after two warm-up calls."""
-    for step in steps.values():
-        step()
-        step()
-    samples = {name: [] for name in steps}
-    started = time.perf_counter()
-    for k in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            samples[name].append(time.perf_counter() - start)
-        if k >= 2 and time.perf_counter() - started > budget_s:
-            break
-    return {name: 1e3 * statistics.median(v) for name, v in samples.items()}
+    """Median ms per named step, rounds interleaved, after two warm-up calls;
+    at least 3 rounds, then up to `rounds` while `budget_s` lasts."""
+    samples = harness.interleaved_rounds(steps, rounds, budget_s, min_rounds=3)
+    return {name: harness.median_ms(v) for name, v in samples.items()}
 
 
-def onednn_enabled(backend):
-    """Whether TensorFlow runs its oneDNN kernels here (None: not TensorFlow)."""
-    if backend != "tensorflow":
-        return None
-    from tensorflow.python.util import _pywrap_util_port
-
-    return bool(_pywrap_util_port.IsMklEnabled())
-
-
-def _patch_rows(layer):
+def _patch_rows(shape):
     """Input row of every (position, kernel offset) of a stride-1 2D layer,
     position-major: the gather that builds the patches."""
-    height, width = layer.input_shape[:2]
-    out_h, out_w = layer.output_spatial
-    kh, kw = layer.kernel_size
+    height, width = shape.spatial
+    out_h, out_w = shape.output_spatial
+    kh, kw = shape.kernel_size
     oy, ox, ky, kx = np.meshgrid(
         np.arange(out_h), np.arange(out_w), np.arange(kh), np.arange(kw), indexing="ij"
     )
@@ -269,42 +170,44 @@ def time_parts(backend, rates, rounds=7):
     import keras
     from keras import ops
 
-    layer = LAYERS[0]
+    shape = DEEPFACE_LAYERS[0]
     rng = np.random.default_rng(0)
-    inputs = keras.Input(LAYERS[2].input_shape)
+    inputs = keras.Input(DEEPFACE_LAYERS[2].input_shape[1:])
     identity = keras.Model(inputs, keras.layers.Identity()(inputs))
-    x, _ = _data((LAYERS[2],), 1)
+    x, _ = _inputs_and_targets((DEEPFACE_LAYERS[2],), 1)
     parts = {
         "dispatch_ms": _median_ms(lambda: identity.predict_on_batch(x), 3 * rounds)
     }
-    rows = ops.convert_to_tensor(_patch_rows(layer))
+    rows = ops.convert_to_tensor(_patch_rows(shape))
     kernel = ops.convert_to_tensor(
         rng.standard_normal(
-            (layer.positions, layer.patch_size, layer.filters), dtype=np.float32
+            (shape.positions, shape.patch_size, shape.filters), dtype=np.float32
         )
     )
-    gather = _compiled(backend, lambda x_rows: ops.take(x_rows, rows, axis=0))
-    contract = _compiled(backend, lambda patches, k: ops.matmul(patches, k))
+    gather = harness.compiled(backend, lambda x_rows: ops.take(x_rows, rows, axis=0))
+    contract = harness.compiled(backend, lambda patches, k: ops.matmul(patches, k))
     for batch in (8, 32):
-        channels = layer.input_shape[-1]
-        pixels = math.prod(layer.input_shape[:-1])
+        channels = shape.channels
+        pixels = math.prod(shape.spatial)
         x_rows = ops.convert_to_tensor(
             rng.standard_normal((pixels, batch * channels), dtype=np.float32)
         )
         patches = ops.convert_to_tensor(
             rng.standard_normal(
-                (layer.positions, batch, layer.patch_size), dtype=np.float32
+                (shape.positions, batch, shape.patch_size), dtype=np.float32
             )
         )
-        parts[f"{layer.name} b{batch}"] = {
+        parts[f"{shape.name} b{batch}"] = {
             "gather_ms": _median_ms(
-                lambda x_rows=x_rows: _block(backend, gather(x_rows)), rounds
+                lambda x_rows=x_rows: harness.block(backend, gather(x_rows)), rounds
             ),
             "contract_ms": _median_ms(
-                lambda patches=patches: _block(backend, contract(patches, kernel)),
+                lambda patches=patches: harness.block(
+                    backend, contract(patches, kernel)
+                ),
                 rounds,
             ),
-            "limit_ms": forward_limit_ms((layer,), batch, rates),
+            "limit_ms": forward_limit_ms((shape,), batch, rates),
         }
     print(f"    parts: {parts}")
     return parts
@@ -314,20 +217,20 @@ def time_models(backend, rounds=9, budget_s=20.0):
     """Every case of this module on this backend; a JSON-ready dict."""
     rates = measure_rates(backend)
     forward = {}
-    for layer in LAYERS:
+    for shape in DEEPFACE_LAYERS:
         for batch in BATCHES:
-            model = _keras3_model((layer,))
-            x, _ = _data((layer,), batch)
+            model = _keras3_model((shape,))
+            x, _ = _inputs_and_targets((shape,), batch)
             ms = _interleaved(
                 {"ours": lambda m=model, x=x: m.predict_on_batch(x)}, rounds, budget_s
             )["ours"]
-            limit = forward_limit_ms((layer,), batch, rates)
-            forward[f"{layer.name} b{batch}"] = {"ours_ms": ms, "limit_ms": limit}
-            print(f"    {layer.name} batch {batch}: {ms:.1f} ms, limit {limit:.1f} ms")
+            limit = forward_limit_ms((shape,), batch, rates)
+            forward[f"{shape.name} b{batch}"] = {"ours_ms": ms, "limit_ms": limit}
+            print(f"    {shape.name} batch {batch}: {ms:.1f} ms, limit {limit:.1f} ms")
 
     stack = {}
-    ours, keras2 = _keras3_model(LAYERS), _keras2_model(LAYERS)
-    x, _ = _data(LAYERS, STACK_INFERENCE_BATCH)
+    ours, keras2 = _keras3_model(DEEPFACE_LAYERS), _keras2_model(DEEPFACE_LAYERS)
+    x, _ = _inputs_and_targets(DEEPFACE_LAYERS, STACK_INFERENCE_BATCH)
     inference = _interleaved(
         {
             "ours": lambda: ours.predict_on_batch(x),
@@ -340,9 +243,9 @@ def time_models(backend, rounds=9, budget_s=20.0):
         "batch": STACK_INFERENCE_BATCH,
         "ours_ms": inference["ours"],
         "keras2_ms": inference["keras2"],
-        "limit_ms": forward_limit_ms(LAYERS, STACK_INFERENCE_BATCH, rates),
+        "limit_ms": forward_limit_ms(DEEPFACE_LAYERS, STACK_INFERENCE_BATCH, rates),
     }
-    x, y = _data(LAYERS, STACK_TRAINING_BATCH)
+    x, y = _inputs_and_targets(DEEPFACE_LAYERS, STACK_TRAINING_BATCH)
     training = _interleaved(
         {
             "ours": lambda: ours.train_on_batch(x, y),
@@ -355,12 +258,12 @@ def time_models(backend, rounds=9, budget_s=20.0):
         "batch": STACK_TRAINING_BATCH,
         "ours_ms": training["ours"],
         "keras2_ms": training["keras2"],
-        "limit_ms": training_limit_ms(LAYERS, STACK_TRAINING_BATCH, rates),
+        "limit_ms": training_limit_ms(DEEPFACE_LAYERS, STACK_TRAINING_BATCH, rates),
     }
     print(f"    stack: {stack}")
     return {
         "rates": rates,
-        "onednn": onednn_enabled(backend),
+        "onednn": harness.onednn_enabled(backend),
         "forward": forward,
         "stack": stack,
         "parts": time_parts(backend, rates),
@@ -370,16 +273,10 @@ def time_models(backend, rounds=9, budget_s=20.0):
 def training_step_peak_mb(model_name):
     """Runs in a fresh subprocess: peak MB of one batch-32 training step of
     the L4-L6 stack above what is resident before it, and the kernels' MB."""
-    from run import _proc_status_kib
-
-    model = MODELS[model_name](LAYERS)
-    x, y = _data(LAYERS, STACK_TRAINING_BATCH)
+    model = MODEL_BUILDERS[model_name](DEEPFACE_LAYERS)
+    x, y = _inputs_and_targets(DEEPFACE_LAYERS, STACK_TRAINING_BATCH)
     model.train_on_batch(x, y)
     model.train_on_batch(x, y)
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    before = _proc_status_kib("VmRSS")
-    model.train_on_batch(x, y)
-    peak = _proc_status_kib("VmHWM")
-    kernels = sum(layer.kernel_bytes() for layer in LAYERS) / 2**20
-    return {"step_peak_mb": (peak - before) / 1024, "kernels_mb": kernels}
+    peak_mb, _ = harness.step_peak_mb(lambda: model.train_on_batch(x, y))
+    kernels = sum(shape.kernel_bytes() for shape in DEEPFACE_LAYERS) / 2**20
+    return {"step_peak_mb": peak_mb, "kernels_mb": kernels}

@@ -2,15 +2,15 @@
 
 The prose lives in ``benchmarks/performance_template.md``; the generated
 tables replace its ``{{results}}`` line, so the page can be regenerated after
-any backend's run (``python benchmarks/run.py --report-only``).
+any backend's run (``python -m benchmarks.run --report-only``).
 """
 
 import json
 import math
 import pathlib
 
-import models
-from cases import CASES, CASES_BY_NAME
+from benchmarks import models
+from benchmarks.cases import CASES, CASES_BY_NAME
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -133,17 +133,13 @@ def _speedup(anchor, ours, key):
 
 
 def _case_limits(case, result):
-    """(forward, fwd+bwd) limits in ms of a `cases.py` shape, or Nones."""
+    """(forward, fwd+bwd) limits in ms of one of `cases.CASES`, or Nones."""
     rates = result.get("models", {}).get("rates")
     if not rates:
         return None, None
-    layer = models.Layer(
-        case.name, case.input_shape[1:], case.kernel_size, case.strides, case.filters
-    )
-    batch = case.batch
     return (
-        models.forward_limit_ms((layer,), batch, rates),
-        models.training_limit_ms((layer,), batch, rates),
+        models.forward_limit_ms((case,), case.batch, rates),
+        models.training_limit_ms((case,), case.batch, rates),
     )
 
 
@@ -366,8 +362,8 @@ def transpose_section():
     lines = [
         "## The transposed layers",
         "",
-        "`LocallyConnected{N}DTranspose`'s forward pass (`python "
-        "benchmarks/transpose.py`, which `nox -s bench` runs after the "
+        "`LocallyConnected{N}DTranspose`'s forward pass (`python -m "
+        "benchmarks.transpose`, which `nox -s bench` runs after the "
         "above), beside the same arithmetic through the backend's autodiff "
         "(the input gradient of the forward layer with the same kernel) and "
         "Keras' shared-weight `Conv{N}DTranspose` of the same shapes (P times "

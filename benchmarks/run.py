@@ -1,6 +1,6 @@
 """Benchmark this package against the backend's anchor and the matmul floor.
 
-    KERAS_BACKEND=jax python benchmarks/run.py     # what `nox -s bench-jax` runs
+    KERAS_BACKEND=jax python -m benchmarks.run     # what `nox -s bench-jax` runs
 
 One process per backend (the one in $KERAS_BACKEND). In this process every
 implementation of a shape is timed side by side, forward and
@@ -30,29 +30,21 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import subprocess
 import sys
 import time
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from benchmarks import harness, models, report
+from benchmarks.cases import CASES, CASES_BY_NAME
+from benchmarks.impls import IMPLS, case_arrays, floor_arrays, warm_up_backend
 
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
 RESULTS = HERE / "results"
 CHILD_TIMEOUT_S = 90
 
 
-def _backend():
-    backend = os.environ.get("KERAS_BACKEND")
-    if backend not in ("jax", "tensorflow", "torch"):
-        sys.exit(f"Set KERAS_BACKEND to jax, tensorflow or torch (got {backend!r}).")
-    return backend
-
-
 def _impls(backend, pattern=None):
-    from impls import IMPLS
-
     impls = IMPLS[backend]
     if pattern:
         impls = tuple(i for i in impls if pattern in i.name or i.role == "floor")
@@ -60,8 +52,6 @@ def _impls(backend, pattern=None):
 
 
 def _cases(names=None):
-    from cases import CASES, CASES_BY_NAME
-
     if not names:
         return CASES
     return tuple(CASES_BY_NAME[name] for name in names.split(","))
@@ -72,14 +62,8 @@ def _cases(names=None):
 # --------------------------------------------------------------------------
 
 
-def _timed(step):
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
 def time_case(case, impls, budget_s, min_rounds=3, max_rounds=25):
-    """Median seconds of forward and forward+backward, per implementation.
+    """Median ms of forward and forward+backward, per implementation.
 
     Rounds interleave the implementations, so load from elsewhere on the
     machine hits all of them alike. An implementation leaves the rounds once
@@ -89,7 +73,8 @@ def time_case(case, impls, budget_s, min_rounds=3, max_rounds=25):
     runners, needed = {}, {}
     for impl in impls:
         runner = impl.make(case)
-        first = max(_timed(runner.forward), _timed(runner.fwd_bwd))  # compiles
+        # The first calls compile.
+        first = max(harness.timed(runner.forward), harness.timed(runner.fwd_bwd))
         if first < budget_s / 4:
             runner.forward()
             runner.fwd_bwd()
@@ -99,20 +84,11 @@ def time_case(case, impls, budget_s, min_rounds=3, max_rounds=25):
         needed[impl.name] = min_rounds if first < budget_s else 1
     results = {}
     for mode in ("forward", "fwd_bwd"):
-        samples = {name: [] for name in runners}
-        for _ in range(max_rounds):
-            active = [
-                name
-                for name, values in samples.items()
-                if len(values) < needed[name] or sum(values) < budget_s
-            ]
-            if not active:
-                break
-            for name in active:
-                samples[name].append(_timed(getattr(runners[name], mode)))
+        steps = {name: getattr(runner, mode) for name, runner in runners.items()}
+        samples = harness.rounds_per_step_budget(steps, needed, budget_s, max_rounds)
         for name, values in samples.items():
             entry = results.setdefault(name, {})
-            entry[f"{mode}_ms"] = 1e3 * statistics.median(values)
+            entry[f"{mode}_ms"] = harness.median_ms(values)
             entry[f"{mode}_runs"] = len(values)
     return results
 
@@ -122,17 +98,9 @@ def time_case(case, impls, budget_s, min_rounds=3, max_rounds=25):
 # --------------------------------------------------------------------------
 
 
-def _proc_status_kib(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def child(case_name, impl_name):
     """Runs in the subprocess; prints one JSON line."""
-    backend = _backend()
+    backend = harness.backend()
     (case,) = _cases(case_name)
     (impl,) = [i for i in _impls(backend) if i.name == impl_name]
     import keras  # noqa: F401  (import time is not build time)
@@ -145,34 +113,26 @@ def child(case_name, impl_name):
     if backend == "torch":
         import torch  # noqa: F401
 
-    from impls import _data, _floor_data, warm_up_backend
-
     warm_up_backend(backend)
-    _data(case)  # the random inputs are made (and cached) before the clock
-    _floor_data(case)
+    case_arrays(case)  # the random inputs are made (and cached) before the clock
+    floor_arrays(case)
     start = time.perf_counter()
     runner = impl.make(case)
     made = time.perf_counter()
     runner.forward()
     build_s = time.perf_counter() - start
-    first_step_s = _timed(runner.fwd_bwd)
+    first_step_s = harness.timed(runner.fwd_bwd)
     timings = {}
     if case.name in impl.timed_in_child:
         for mode in ("forward", "fwd_bwd"):
-            values = [_timed(getattr(runner, mode))]
+            values = [harness.timed(getattr(runner, mode))]
             if values[0] < 2:
-                values += [_timed(getattr(runner, mode)) for _ in range(2)]
-            timings[f"{mode}_ms"] = 1e3 * statistics.median(values)
+                values += [harness.timed(getattr(runner, mode)) for _ in range(2)]
+            timings[f"{mode}_ms"] = harness.median_ms(values)
             timings[f"{mode}_runs"] = len(values)
     runner.fwd_bwd()
     gc.collect()
-    # Reset the peak-RSS mark (Linux >= 4.0), so VmHWM below is the peak of
-    # the step alone, on top of what is resident before it.
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    before = _proc_status_kib("VmRSS")
-    runner.fwd_bwd()
-    peak = _proc_status_kib("VmHWM")
+    step_peak_mb, resident_mb = harness.step_peak_mb(runner.fwd_bwd)
     print(
         json.dumps(
             {
@@ -180,21 +140,26 @@ def child(case_name, impl_name):
                 "build_s": build_s,
                 "weights_s": made - start,
                 "first_step_s": first_step_s,
-                "step_peak_mb": (peak - before) / 1024,
-                "resident_mb": before / 1024,
+                "step_peak_mb": step_peak_mb,
+                "resident_mb": resident_mb,
             }
         )
     )
 
 
 def _run_json_child(arguments, timeout_s, **env_overrides):
-    """This script with `arguments` in a fresh process; its last stdout line
+    """This module with `arguments` in a fresh process; its last stdout line
     as JSON, or ``{"timeout_s": ...}`` / ``{"error": ...}``."""
     env = dict(os.environ, **env_overrides)
-    command = [sys.executable, __file__, *arguments]
+    command = [sys.executable, "-m", "benchmarks.run", *arguments]
     try:
         done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=timeout_s
+            command,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
     except subprocess.TimeoutExpired:
         return {"timeout_s": timeout_s}
@@ -244,23 +209,6 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-def _versions(backend):
-    from importlib import metadata
-
-    names = {
-        "jax": ("keras", "jax", "jaxlib", "flax"),
-        "tensorflow": ("keras", "tensorflow", "tf-keras"),
-        "torch": ("keras", "torch"),
-    }[backend]
-    versions = {"python": platform.python_version()}
-    for name in (*names, "numpy"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def _machine():
     return {
         "cpu": _cpu_name(),
@@ -292,22 +240,16 @@ def main():
         child(*args.child)
         return
     if args.child_model:
-        import models
-
         print(json.dumps(models.training_step_peak_mb(args.child_model)))
         return
     if args.child_models:
-        import models
-
-        print(json.dumps(models.time_models(_backend())))
+        print(json.dumps(models.time_models(harness.backend())))
         return
     if args.report_only:
-        import report
-
         report.write_page()
         return
 
-    backend = _backend()
+    backend = harness.backend()
     started = time.time()
     impls = _impls(backend, args.impls)
     results = {
@@ -316,7 +258,7 @@ def main():
             "%Y-%m-%d %H:%M UTC"
         ),
         "machine": _machine(),
-        "versions": _versions(backend),
+        "versions": harness.versions(backend),
         "impls": [
             {"name": i.name, "role": i.role, "note": i.note, "cases": i.cases}
             for i in impls
@@ -341,13 +283,11 @@ def main():
         for name, entry in timings.items():
             print(f"    {name:32s} {json.dumps(entry)}", flush=True)
     if not args.no_models:
-        import models
-
         print(f"[{backend}] DeepFace layers against the machine's limit", flush=True)
         results["models"] = models.time_models(backend)
         if not args.no_memory:
             results["models"]["training_memory"] = {
-                name: run_model_child(name) for name in models.MODELS
+                name: run_model_child(name) for name in models.MODEL_BUILDERS
             }
             print(f"    memory: {results['models']['training_memory']}", flush=True)
         if backend == "tensorflow" and not results["models"]["onednn"]:
@@ -359,8 +299,6 @@ def main():
         return
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{backend}.json").write_text(json.dumps(results, indent=1) + "\n")
-    import report
-
     report.write_page()
 
 

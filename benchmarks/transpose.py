@@ -1,14 +1,16 @@
 """Benchmark the transposed locally connected layer on one backend.
 
-    KERAS_BACKEND=jax python benchmarks/transpose.py [--budget SECONDS]
+    KERAS_BACKEND=jax python -m benchmarks.transpose [--budget SECONDS]
 
 For each shape, in one process and in interleaved rounds after a warm-up
 (medians kept), it times:
 
-- ``ours``: the forward pass of `LocallyConnected{N}DTranspose`, on the
+- ``ours``: the forward pass of `LocallyConnected{N}DTranspose`: its op,
+  `local_conv_transpose`, with the layer's kernel and arguments, on the
   formulation this Keras picks (one scatter-add, Keras >= 3.14);
-- ``ours, gather-sum``: the same with the formulation used on older Keras
-  (contributions gathered back per output row and summed), to show the choice;
+- ``ours, gather-sum``: the same op told to use the formulation of older
+  Keras (``scatter_add=False``: contributions gathered back per output row
+  and summed), to show the choice;
 - ``grad of forward``: the gradient w.r.t. its input of the forward
   `LocallyConnected{N}D` with the same kernel, pulled back from the same
   tensor: the same arithmetic, through the backend's autodiff. JAX and
@@ -18,62 +20,27 @@ For each shape, in one process and in interleaved rounds after a warm-up
   same shapes (the backend's native kernel; P times fewer weights).
 
 JAX runs under `jax.jit`, TensorFlow under `tf.function`, torch eagerly (as
-in benchmarks/run.py). Prints a table and writes
+in `benchmarks.run`). Prints a table and writes
 ``benchmarks/results/transpose_<backend>.json``.
 """
 
 import argparse
-import dataclasses
 import datetime
 import json
 import math
 import os
 import pathlib
 import platform
-import statistics
-import sys
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+
+from benchmarks import harness
+from benchmarks.cases import TRANSPOSE_CASES
+from keras_localconn import _transpose, layers
+
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # this checkout's package first
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from keras_localconn import _transpose, layers  # noqa: E402
-
-BACKEND = keras.backend.backend()
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    name: str
-    input_shape: tuple  # (batch, *spatial, channels), channels_last
-    filters: int
-    kernel_size: int
-    strides: int
-    padding: str
-
-    @property
-    def rank(self):
-        return len(self.input_shape) - 2
-
-    def label(self):
-        return (
-            f"{self.rank}D {self.input_shape} -> {self.filters}f, "
-            f"k{self.kernel_size} s{self.strides} {self.padding}"
-        )
-
-
-SHAPES = (
-    # The decoder half of a stride-2 encoder: 16x16 -> 32x32.
-    Shape("decoder2d_s2", (32, 16, 16, 32), 16, 3, 2, "same"),
-    # The adjoint of the DeepFace-like forward shape: 30x30 -> 32x32.
-    Shape("deepface2d_s1", (64, 30, 30, 32), 16, 3, 1, "valid"),
-    # A 1D upsampler: 500 -> 1000 steps.
-    Shape("upsample1d_s2", (128, 500, 32), 16, 4, 2, "same"),
-)
+BACKEND = harness.backend()
 
 
 def _layers(shape):
@@ -98,14 +65,23 @@ def _layers(shape):
     return ours, forward, conv, output_shape
 
 
-def _with_formulation(fn, scatter_add):
-    def call(*args):
-        saved = _transpose.SCATTER_ADD
-        _transpose.SCATTER_ADD = scatter_add
-        try:
-            return fn(*args)
-        finally:
-            _transpose.SCATTER_ADD = saved
+def _transposed(layer, scatter_add):
+    """`(y, kernel) ->` `layer`'s op on `y` with `kernel`, in the formulation
+    `scatter_add` (None: the one this Keras picks). A new function each time,
+    so that JAX traces each formulation apart."""
+
+    def call(y, kernel):
+        return _transpose.local_conv_transpose(
+            y,
+            kernel,
+            layer.kernel_size,
+            strides=layer.strides,
+            padding=layer.padding,
+            output_padding=layer.output_padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+            scatter_add=scatter_add,
+        )
 
     return call
 
@@ -116,9 +92,17 @@ def _runners(shape):
     rng = np.random.default_rng(0)
     y = rng.standard_normal(shape.input_shape, dtype=np.float32)
     x = np.zeros(output_shape, np.float32)
+    kernel, conv_kernel = ours.kernel.value, conv.kernel.value
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
 
-    def transposed(y, kernel):
-        return ours.stateless_call([kernel], [], y)[0]
+        y, x = tf.constant(y), tf.constant(x)
+    elif BACKEND == "torch":
+        import torch
+
+        y = torch.from_numpy(y)
+        x = torch.from_numpy(x).requires_grad_(True)
+        kernel, conv_kernel = kernel.detach(), conv_kernel.detach()
 
     def conv_transpose(y, kernel):
         return conv.stateless_call([kernel], [], y)[0]
@@ -126,35 +110,37 @@ def _runners(shape):
     def forward_fn(x, kernel):
         return forward.stateless_call([kernel], [], x)[0]
 
-    formulations = {"ours": _transpose.SCATTER_ADD}
-    if _transpose.SCATTER_ADD:
+    formulations = {"ours": None}
+    if _transpose.HAS_SCATTER_ADD:
         formulations["ours, gather-sum"] = False
-    kernel = ours.kernel.value
     runners = {}
+    for name, scatter_add in formulations.items():
+        step = harness.compiled(BACKEND, _transposed(ours, scatter_add))
+        runners[name] = _to_completion(step, y, kernel)
+    runners["grad of forward"] = _to_completion(
+        _grad_of_forward(forward_fn, x), y, kernel
+    )
+    runners[f"Conv{shape.rank}DTranspose"] = _to_completion(
+        harness.compiled(BACKEND, conv_transpose), y, conv_kernel
+    )
+    return runners
+
+
+def _grad_of_forward(forward_fn, x):
+    """`(cotangent, kernel) ->` the gradient w.r.t. `x` of `forward_fn(x,
+    kernel)`, pulled back from `cotangent`: compiled on JAX and TensorFlow
+    (which drop the unused forward matmul), eager on torch (whose autograd
+    runs the forward pass first)."""
     if BACKEND == "jax":
         import jax
-
-        for name, scatter_add in formulations.items():
-            # The formulation is read while tracing: jit inside the switch.
-            step = _with_formulation(jax.jit(transposed), scatter_add)
-            runners[name] = _jax_blocking(step, y, kernel)
 
         @jax.jit
         def grad_of_forward(cotangent, kernel):
             _, pullback = jax.vjp(lambda x: forward_fn(x, kernel), x)
             return pullback(cotangent)[0]
 
-        runners["grad of forward"] = _jax_blocking(grad_of_forward, y, kernel)
-        runners[f"Conv{shape.rank}DTranspose"] = _jax_blocking(
-            jax.jit(conv_transpose), y, conv.kernel.value
-        )
     elif BACKEND == "tensorflow":
         import tensorflow as tf
-
-        y, x = tf.constant(y), tf.constant(x)
-        for name, scatter_add in formulations.items():
-            step = _with_formulation(tf.function(transposed), scatter_add)
-            runners[name] = _tf_blocking(step, y, kernel)
 
         @tf.function
         def grad_of_forward(cotangent, kernel):
@@ -163,80 +149,28 @@ def _runners(shape):
                 outputs = forward_fn(x, kernel)
             return tape.gradient(outputs, x, output_gradients=cotangent)
 
-        runners["grad of forward"] = _tf_blocking(grad_of_forward, y, kernel)
-        runners[f"Conv{shape.rank}DTranspose"] = _tf_blocking(
-            tf.function(conv_transpose), y, conv.kernel.value
-        )
-    elif BACKEND == "torch":
+    else:
         import torch
-
-        y = torch.from_numpy(y)
-        x = torch.from_numpy(x).requires_grad_(True)
-        kernel = kernel.detach()
-
-        for name, scatter_add in formulations.items():
-            step = _with_formulation(transposed, scatter_add)
-            runners[name] = _torch_no_grad(step, y, kernel)
 
         def grad_of_forward(cotangent, kernel):
             return torch.autograd.grad(forward_fn(x, kernel), x, cotangent)[0]
 
-        runners["grad of forward"] = lambda: grad_of_forward(y, kernel)
-        runners[f"Conv{shape.rank}DTranspose"] = _torch_no_grad(
-            conv_transpose, y, conv.kernel.value.detach()
-        )
-    else:
-        sys.exit(f"Set KERAS_BACKEND to jax, tensorflow or torch (got {BACKEND!r}).")
-    return runners
+    return grad_of_forward
 
 
-def _jax_blocking(fn, *args):
-    import jax
-
-    return lambda: jax.block_until_ready(fn(*args))
-
-
-def _tf_blocking(fn, *args):
-    # .numpy() waits for the result (TensorFlow runs ops asynchronously).
-    return lambda: fn(*args).numpy()
-
-
-def _torch_no_grad(fn, *args):
-    import torch
-
-    def run():
-        with torch.no_grad():
-            return fn(*args)
-
-    return run
+def _to_completion(fn, *args):
+    return lambda: harness.block(BACKEND, fn(*args))
 
 
 def time_shape(shape, budget_s, min_rounds=5, max_rounds=30):
     """Median milliseconds per implementation, in interleaved rounds."""
-    runners = _runners(shape)
-    for run in runners.values():  # compile and warm up
-        run()
-        run()
-    times = {name: [] for name in runners}
-    start = time.perf_counter()
-    for round_ in range(max_rounds):
-        for name, run in runners.items():
-            begin = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - begin)
-        if round_ + 1 >= min_rounds and time.perf_counter() - start > budget_s:
-            break
+    times = harness.interleaved_rounds(
+        _runners(shape), max_rounds, budget_s, min_rounds=min_rounds
+    )
     return {
-        name: {
-            "median_ms": 1e3 * statistics.median(samples),
-            "rounds": len(samples),
-        }
+        name: {"median_ms": harness.median_ms(samples), "rounds": len(samples)}
         for name, samples in times.items()
     }
-
-
-def _backend_version():
-    return f"{BACKEND} {__import__(BACKEND).__version__}"
 
 
 def main():
@@ -246,9 +180,9 @@ def main():
     )
     parser.add_argument("--shapes", help="comma-separated shape names")
     args = parser.parse_args()
-    shapes = SHAPES
+    shapes = TRANSPOSE_CASES
     if args.shapes:
-        shapes = tuple(s for s in SHAPES if s.name in args.shapes.split(","))
+        shapes = tuple(s for s in shapes if s.name in args.shapes.split(","))
 
     results = []
     for shape in shapes:
@@ -258,8 +192,8 @@ def main():
         results.append(
             {
                 "name": shape.name,
-                "label": shape.label(),
-                "positions": math.prod(shape.input_shape[1:-1]),
+                "label": shape.label,
+                "positions": math.prod(shape.spatial),
                 "timings": timings,
                 "ours_vs_grad_of_forward": ours
                 / timings["grad of forward"]["median_ms"],
@@ -269,9 +203,9 @@ def main():
         _print_shape(results[-1])
 
     record = {
-        "backend": _backend_version(),
+        "backend": harness.backend_version(BACKEND),
         "keras": keras.__version__,
-        "formulation": "scatter-add" if _transpose.SCATTER_ADD else "gather-sum",
+        "formulation": "scatter-add" if _transpose.HAS_SCATTER_ADD else "gather-sum",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
@@ -285,7 +219,8 @@ def main():
 
 
 def _print_shape(result):
-    print(f"\n{result['label']} ({_backend_version()}, keras {keras.__version__})")
+    versions = f"{harness.backend_version(BACKEND)}, keras {keras.__version__}"
+    print(f"\n{result['label']} ({versions})")
     ours = result["timings"]["ours"]["median_ms"]
     for name, timing in result["timings"].items():
         print(
