@@ -14,26 +14,16 @@ from keras_localconn import (
     LocallyConnected3D,
 )
 from tests.autodiff import to_numpy
+from tests.helpers import (
+    LOCALLY_CONNECTED,
+    batch_shape,
+    random_array,
+    randomize_weights,
+)
 from tests.keras_testing import TestCase
 from tests.reference import reference_local_conv
 
-LAYERS = {1: LocallyConnected1D, 2: LocallyConnected2D, 3: LocallyConnected3D}
 SPATIAL = {1: (9,), 2: (7, 6), 3: (5, 4, 4)}
-
-
-def _input_shape(rank, channels=3, batch=2, data_format="channels_last"):
-    spatial = SPATIAL[rank]
-    if data_format == "channels_last":
-        return (batch, *spatial, channels)
-    return (batch, channels, *spatial)
-
-
-def _random(shape, seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
-
-
-def _randomize_weights(layer, seed=1):
-    layer.set_weights([_random(w.shape, seed + i) for i, w in enumerate(layer.weights)])
 
 
 # --------------------------------------------------------------------------
@@ -55,10 +45,12 @@ def _randomize_weights(layer, seed=1):
 def test_layer_output_equals_reference_with_per_position_bias(
     rank, data_format, kwargs
 ):
-    layer = LAYERS[rank](5, data_format=data_format, activation="relu", **kwargs)
-    x = _random(_input_shape(rank, data_format=data_format))
+    layer = LOCALLY_CONNECTED[rank](
+        5, data_format=data_format, activation="relu", **kwargs
+    )
+    x = random_array(batch_shape(2, SPATIAL[rank], 3, data_format))
     layer.build(x.shape)
-    _randomize_weights(layer)
+    randomize_weights(layer)
     kernel, bias = (to_numpy(w) for w in layer.weights)
     y = to_numpy(layer(x))
     expected = reference_local_conv(
@@ -145,12 +137,12 @@ def test_symbolic_output_shape_with_unknown_batch(layer, input_shape, expected):
     outputs = layer(keras.Input(input_shape))
     assert tuple(outputs.shape) == expected
     assert layer.compute_output_shape((None, *input_shape)) == expected
-    y = layer(_random((3, *input_shape)))
+    y = layer(random_array((3, *input_shape)))
     assert tuple(y.shape) == (3, *expected[1:])
 
 
 def test_sequential_functional_and_subclassed_models_agree():
-    x = _random((4, 8, 8, 3))
+    x = random_array((4, 8, 8, 3))
     lc1 = LocallyConnected2D(4, 3, activation="relu", name="lc1")
     lc2 = LocallyConnected2D(2, 2, strides=2, name="lc2")
     sequential = keras.Sequential([keras.Input((8, 8, 3)), lc1, lc2])
@@ -417,7 +409,7 @@ def test_model_with_both_layers_saves_and_loads_with_safe_mode(tmp_path):
     outputs = LocallyConnected1D(2, 3, padding="causal")(hidden)
     model = keras.Model(inputs, outputs)
     model.compile(optimizer="adam", loss="mse")
-    x = _random((3, 12, 10, 3))
+    x = random_array((3, 12, 10, 3))
     expected = model.predict(x, verbose=0)
     path = tmp_path / "model.keras"
     model.save(path)
@@ -440,8 +432,8 @@ def test_regularization_losses_count_kernel_bias_then_activity():
     )
     layer.build((None, 6, 2))
     assert len(layer.losses) == 2
-    _randomize_weights(layer)
-    x = _random((2, 6, 2))
+    randomize_weights(layer)
+    x = random_array((2, 6, 2))
     y = to_numpy(layer(x))
     assert len(layer.losses) == 3
     kernel, bias = (to_numpy(w) for w in layer.weights)

@@ -8,45 +8,25 @@ import pytest
 from keras import ops
 
 from keras_localconn import (
-    LocallyConnected1D,
     LocallyConnected1DTranspose,
     LocallyConnected2D,
     LocallyConnected2DTranspose,
-    LocallyConnected3D,
     LocallyConnected3DTranspose,
 )
 from keras_localconn.layers import BaseLocallyConnected
 from tests.autodiff import to_numpy
+from tests.helpers import (
+    CONV_TRANSPOSE,
+    LOCALLY_CONNECTED,
+    LOCALLY_CONNECTED_TRANSPOSE,
+    batch_shape,
+    random_array,
+    randomize_weights,
+)
 from tests.keras_testing import TestCase
 from tests.reference_transpose import reference_local_conv_transpose
 
-LAYERS = {
-    1: LocallyConnected1DTranspose,
-    2: LocallyConnected2DTranspose,
-    3: LocallyConnected3DTranspose,
-}
-FORWARD_LAYERS = {1: LocallyConnected1D, 2: LocallyConnected2D, 3: LocallyConnected3D}
-KERAS_LAYERS = {
-    1: keras.layers.Conv1DTranspose,
-    2: keras.layers.Conv2DTranspose,
-    3: keras.layers.Conv3DTranspose,
-}
 SPATIAL = {1: (5,), 2: (4, 3), 3: (3, 2, 2)}
-
-
-def _input_shape(rank, channels=3, batch=2, data_format="channels_last"):
-    spatial = SPATIAL[rank]
-    if data_format == "channels_last":
-        return (batch, *spatial, channels)
-    return (batch, channels, *spatial)
-
-
-def _random(shape, seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
-
-
-def _randomize_weights(layer, seed=1):
-    layer.set_weights([_random(w.shape, seed + i) for i, w in enumerate(layer.weights)])
 
 
 # --------------------------------------------------------------------------
@@ -69,10 +49,12 @@ def _randomize_weights(layer, seed=1):
 def test_layer_output_equals_reference_with_per_position_bias(
     rank, data_format, kwargs
 ):
-    layer = LAYERS[rank](4, data_format=data_format, activation="relu", **kwargs)
-    y = _random(_input_shape(rank, data_format=data_format))
+    layer = LOCALLY_CONNECTED_TRANSPOSE[rank](
+        4, data_format=data_format, activation="relu", **kwargs
+    )
+    y = random_array(batch_shape(2, SPATIAL[rank], 3, data_format))
     layer.build(y.shape)
-    _randomize_weights(layer)
+    randomize_weights(layer)
     kernel, bias = (to_numpy(w) for w in layer.weights)
     x = to_numpy(layer(y))
     expected = reference_local_conv_transpose(
@@ -92,13 +74,13 @@ def test_layer_output_equals_reference_with_per_position_bias(
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_shared_weights_equal_keras_conv_transpose_with_bias(rank):
     kwargs = dict(kernel_size=3, strides=2, padding="same", output_padding=1)
-    ours = LAYERS[rank](4, **kwargs)
-    theirs = KERAS_LAYERS[rank](4, **kwargs)
-    y = _random(_input_shape(rank))
+    ours = LOCALLY_CONNECTED_TRANSPOSE[rank](4, **kwargs)
+    theirs = CONV_TRANSPOSE[rank](4, **kwargs)
+    y = random_array(batch_shape(2, SPATIAL[rank], 3, "channels_last"))
     ours.build(y.shape)
     theirs.build(y.shape)
-    conv_kernel = _random(theirs.kernel.shape, seed=2)  # (*kernel, filters, in)
-    conv_bias = _random((4,), seed=3)
+    conv_kernel = random_array(theirs.kernel.shape, seed=2)  # (*kernel, filters, in)
+    conv_bias = random_array((4,), seed=3)
     theirs.set_weights([conv_kernel, conv_bias])
     positions = ours.kernel.shape[0]
     ours.set_weights(
@@ -118,21 +100,21 @@ def test_shared_weights_equal_keras_conv_transpose_with_bias(rank):
 def test_is_the_adjoint_of_the_forward_layer_with_the_same_kernel(rank, data_format):
     """The decoder of `LocallyConnected{N}D(strides=2, padding="same")`."""
     channels, filters = 3, 4
-    decoder = LAYERS[rank](
+    decoder = LOCALLY_CONNECTED_TRANSPOSE[rank](
         filters, 3, strides=2, padding="same", data_format=data_format, use_bias=False
     )
-    y = _random(_input_shape(rank, channels, data_format=data_format))
+    y = random_array(batch_shape(2, SPATIAL[rank], channels, data_format))
     x_shape = decoder.compute_output_shape(y.shape)
-    encoder = FORWARD_LAYERS[rank](
+    encoder = LOCALLY_CONNECTED[rank](
         channels, 3, strides=2, padding="same", data_format=data_format, use_bias=False
     )
     encoder.build(x_shape)
     decoder.build(y.shape)
     assert tuple(encoder.kernel.shape) == tuple(decoder.kernel.shape)
-    kernel = _random(encoder.kernel.shape, seed=4)
+    kernel = random_array(encoder.kernel.shape, seed=4)
     encoder.set_weights([kernel])
     decoder.set_weights([kernel])
-    x = _random(x_shape, seed=5)
+    x = random_array(x_shape, seed=5)
     assert encoder.compute_output_shape(x_shape) == y.shape
     np.testing.assert_allclose(
         np.sum(to_numpy(decoder(y)).astype(np.float64) * x),
@@ -218,14 +200,14 @@ def test_is_not_taken_for_a_forward_layer():
     ],
 )
 def test_symbolic_output_shape_equals_keras_conv_transpose(rank, kwargs, input_shape):
-    layer = LAYERS[rank](4, **kwargs)
+    layer = LOCALLY_CONNECTED_TRANSPOSE[rank](4, **kwargs)
     expected = tuple(
-        KERAS_LAYERS[rank](4, **kwargs).compute_output_shape((None, *input_shape))
+        CONV_TRANSPOSE[rank](4, **kwargs).compute_output_shape((None, *input_shape))
     )
     outputs = layer(keras.Input(input_shape))
     assert tuple(outputs.shape) == expected
     assert layer.compute_output_shape((None, *input_shape)) == expected
-    assert tuple(layer(_random((3, *input_shape))).shape) == (3, *expected[1:])
+    assert tuple(layer(random_array((3, *input_shape))).shape) == (3, *expected[1:])
 
 
 # --------------------------------------------------------------------------
@@ -396,7 +378,7 @@ def _encoder_decoder(input_shape=(8, 8, 1)):
 
 def test_encoder_decoder_saves_and_loads_with_safe_mode(tmp_path):
     model = _encoder_decoder()
-    x = _random((3, 8, 8, 1))
+    x = random_array((3, 8, 8, 1))
     expected = model.predict(x, verbose=0)
     path = tmp_path / "autoencoder.keras"
     model.save(path)
@@ -427,8 +409,8 @@ def test_constraints_are_applied_during_fit():
     )
     model = keras.Sequential([keras.Input((4, 3)), layer])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    x = _random((32, 4, 3))
-    model.fit(x, -np.abs(_random((32, 9, 2), seed=1)), epochs=2, verbose=0)
+    x = random_array((32, 4, 3))
+    model.fit(x, -np.abs(random_array((32, 9, 2), seed=1)), epochs=2, verbose=0)
     assert to_numpy(layer.kernel).min() >= 0.0
     assert to_numpy(layer.bias).min() >= 0.0
 
@@ -445,10 +427,10 @@ RELATIVE_TOLERANCE = {"float16": 5e-3, "bfloat16": 3e-2}
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_mixed_policy_keeps_float32_variables_and_matches_float32(rank, policy):
-    layer = LAYERS[rank](
+    layer = LOCALLY_CONNECTED_TRANSPOSE[rank](
         4, 3, strides=2, padding="same", dtype=policy, bias_initializer="normal"
     )
-    y = _random(_input_shape(rank))
+    y = random_array(batch_shape(2, SPATIAL[rank], 3, "channels_last"))
     outputs = layer(y)
     compute_dtype = policy.removeprefix("mixed_")
     assert [keras.backend.standardize_dtype(w.dtype) for w in layer.weights] == [
@@ -478,7 +460,7 @@ def test_mixed_policy_trains_with_float32_gradients(policy):
     layer = LocallyConnected2DTranspose(2, 3, strides=2, padding="same", dtype=policy)
     model = keras.Sequential([keras.Input((3, 3, 2)), layer])
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    x, target = _random((16, 3, 3, 2)), _random((16, 6, 6, 2), seed=1)
+    x, target = random_array((16, 3, 3, 2)), random_array((16, 6, 6, 2), seed=1)
     before = to_numpy(layer.kernel).copy()
     history = model.fit(x, target, epochs=3, batch_size=8, verbose=0)
     assert np.isfinite(history.history["loss"]).all()

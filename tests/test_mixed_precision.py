@@ -12,6 +12,7 @@ from keras import ops
 
 from keras_localconn import LocallyConnected1D, LocallyConnected2D, LocallyConnected3D
 from keras_localconn.ops import local_conv
+from tests.helpers import random_array
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
@@ -50,7 +51,7 @@ def global_policy(request):
 
 
 def _inputs(input_shape, seed=0):
-    return np.random.default_rng(seed).normal(size=(4, *input_shape)).astype("float32")
+    return random_array((4, *input_shape), seed)
 
 
 def _float32_twin(layer, input_shape):
