@@ -5,6 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from keras import ops
 
 from keras_localconn import (
@@ -20,11 +21,15 @@ from tests.helpers import (
     LOCALLY_CONNECTED,
     LOCALLY_CONNECTED_TRANSPOSE,
     batch_shape,
+    layer_test_parameters,
     random_array,
     randomize_weights,
 )
 from tests.keras_testing import TestCase
-from tests.reference_transpose import reference_local_conv_transpose
+from tests.reference_transpose import (
+    reference_local_conv_transpose,
+    reference_transpose_length,
+)
 
 SPATIAL = {1: (5,), 2: (4, 3), 3: (3, 2, 2)}
 
@@ -286,49 +291,137 @@ def test_input_of_wrong_rank_or_channels_is_a_value_error():
 # --------------------------------------------------------------------------
 
 
-class LayerBehaviourTest(TestCase):
-    """Keras' own layer test harness (training, mixed precision, serialization)."""
-
-    def test_locally_connected_1d_transpose(self):
-        self.run_layer_test(
-            LocallyConnected1DTranspose,
-            init_kwargs=dict(filters=3, kernel_size=3, strides=2, padding="same"),
-            input_shape=(2, 4, 2),
-            expected_output_shape=(2, 8, 3),
-            expected_num_trainable_weights=2,
-            expected_num_non_trainable_weights=0,
-            expected_num_losses=0,
-            supports_masking=False,
+def _layer_test(name, spatial, output_padding=None, **init_kwargs):
+    """`run_layer_test`'s arguments, the output shape from the reference."""
+    rank = len(spatial)
+    output_spatial = tuple(
+        reference_transpose_length(n, k, s, d, init_kwargs.get("padding", "valid"), op)
+        for n, k, s, d, op in zip(
+            spatial,
+            init_kwargs["kernel_size"],
+            init_kwargs.get("strides", (1,) * rank),
+            init_kwargs.get("dilation_rate", (1,) * rank),
+            output_padding or (None,) * rank,
         )
+    )
+    if output_padding is not None:
+        init_kwargs["output_padding"] = output_padding
+    return layer_test_parameters(name, spatial, output_spatial, **init_kwargs)
 
-    def test_locally_connected_2d_transpose(self):
-        self.run_layer_test(
-            LocallyConnected2DTranspose,
-            init_kwargs=dict(
-                filters=3,
-                kernel_size=(3, 2),
-                strides=(2, 1),
-                output_padding=(1, 0),
-                data_format="channels_first",
-                activity_regularizer="l2",
-                kernel_regularizer="l1",
-            ),
-            input_shape=(2, 4, 3, 2),
-            expected_output_shape=(2, 3, 8, 3),
-            expected_num_trainable_weights=2,
-            expected_num_losses=2,
-            supports_masking=False,
-        )
 
-    def test_locally_connected_3d_transpose(self):
-        self.run_layer_test(
-            LocallyConnected3DTranspose,
-            init_kwargs=dict(filters=2, kernel_size=2, use_bias=False),
-            input_shape=(2, 2, 3, 2, 2),
-            expected_output_shape=(2, 3, 4, 3, 2),
-            expected_num_trainable_weights=1,
-            supports_masking=False,
-        )
+# A covering set, not a product: in every rank "valid", "same" and an
+# `output_padding`, strides, dilation, both data formats, a layer without
+# bias and one with regularizers.
+REGULARIZED = dict(activity_regularizer="l2", kernel_regularizer="l1")
+LAYER_TESTS = {
+    1: [
+        _layer_test("valid_strided", (4,), filters=3, kernel_size=(3,), strides=(2,)),
+        _layer_test(
+            "same_dilated_channels_first",
+            (4,),
+            filters=3,
+            kernel_size=(3,),
+            dilation_rate=(2,),
+            padding="same",
+            data_format="channels_first",
+        ),
+        _layer_test(
+            "output_padding_strided_channels_first_without_bias",
+            (4,),
+            output_padding=(2,),
+            filters=3,
+            kernel_size=(2,),
+            strides=(3,),
+            data_format="channels_first",
+            use_bias=False,
+        ),
+        _layer_test(
+            "same_strided_regularized",
+            (4,),
+            filters=3,
+            kernel_size=(3,),
+            strides=(2,),
+            padding="same",
+            **REGULARIZED,
+        ),
+    ],
+    2: [
+        _layer_test(
+            "output_padding_strided_channels_first_regularized",
+            (4, 3),
+            output_padding=(1, 0),
+            filters=3,
+            kernel_size=(3, 2),
+            strides=(2, 1),
+            data_format="channels_first",
+            **REGULARIZED,
+        ),
+        _layer_test(
+            "valid_dilated", (4, 3), filters=3, kernel_size=(2, 2), dilation_rate=(1, 2)
+        ),
+        _layer_test(
+            "same_strided_without_bias",
+            (4, 3),
+            filters=3,
+            kernel_size=(3, 3),
+            strides=(2, 2),
+            padding="same",
+            use_bias=False,
+        ),
+    ],
+    3: [
+        _layer_test(
+            "valid_strided_without_bias",
+            (2, 3, 2),
+            filters=2,
+            kernel_size=(2, 2, 2),
+            strides=(1, 2, 1),
+            use_bias=False,
+        ),
+        _layer_test(
+            "same_dilated_channels_first",
+            (2, 3, 2),
+            filters=2,
+            kernel_size=(2, 2, 2),
+            dilation_rate=(2, 1, 1),
+            padding="same",
+            data_format="channels_first",
+        ),
+        _layer_test(
+            "output_padding_strided_regularized",
+            (2, 3, 2),
+            output_padding=(1, 0, 1),
+            filters=2,
+            kernel_size=(2, 3, 2),
+            strides=(2, 1, 2),
+            padding="same",
+            **REGULARIZED,
+        ),
+    ],
+}
+
+
+class KerasLayerContractTest(TestCase):
+    """Keras' own layer checks: shapes, weights, losses, serialization,
+    training and mixed precision, over a grid of configurations per rank."""
+
+    @parameterized.named_parameters(*LAYER_TESTS[1])
+    def test_locally_connected_1d_transpose_meets_the_keras_layer_contract(
+        self, **arguments
+    ):
+        self.run_layer_test(LocallyConnected1DTranspose, **arguments)
+
+    @parameterized.named_parameters(*LAYER_TESTS[2])
+    def test_locally_connected_2d_transpose_meets_the_keras_layer_contract(
+        self, **arguments
+    ):
+        self.run_layer_test(LocallyConnected2DTranspose, **arguments)
+
+    @parameterized.named_parameters(*LAYER_TESTS[3])
+    def test_locally_connected_3d_transpose_meets_the_keras_layer_contract(
+        self, **arguments
+    ):
+        self.run_layer_test(LocallyConnected3DTranspose, **arguments)
 
 
 def test_config_round_trip_rebuilds_an_identical_layer():
