@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 from absl.testing import parameterized
-from keras import ops
 
 from keras_localconn import (
     LocallyConnected1DTranspose,
@@ -506,56 +505,3 @@ def test_constraints_are_applied_during_fit():
     model.fit(x, -np.abs(random_array((32, 9, 2), seed=1)), epochs=2, verbose=0)
     assert to_numpy(layer.kernel).min() >= 0.0
     assert to_numpy(layer.bias).min() >= 0.0
-
-
-# --------------------------------------------------------------------------
-# Mixed precision
-# --------------------------------------------------------------------------
-
-# As in test_mixed_precision: worst |low precision - float32| relative to the
-# largest |float32 output|.
-RELATIVE_TOLERANCE = {"float16": 5e-3, "bfloat16": 3e-2}
-
-
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("rank", [1, 2, 3])
-def test_mixed_policy_keeps_float32_variables_and_matches_float32(rank, policy):
-    layer = LOCALLY_CONNECTED_TRANSPOSE[rank](
-        4, 3, strides=2, padding="same", dtype=policy, bias_initializer="normal"
-    )
-    y = random_array(batch_shape(2, SPATIAL[rank], 3, "channels_last"))
-    outputs = layer(y)
-    compute_dtype = policy.removeprefix("mixed_")
-    assert [keras.backend.standardize_dtype(w.dtype) for w in layer.weights] == [
-        "float32",
-        "float32",
-    ]
-    assert keras.backend.standardize_dtype(outputs.dtype) == compute_dtype
-
-    config = layer.get_config()
-    config["dtype"] = "float32"
-    twin = type(layer).from_config(config)
-    twin.build(y.shape)
-    twin.set_weights(layer.get_weights())
-    low = ops.convert_to_numpy(ops.cast(outputs, "float32"))
-    expected = ops.convert_to_numpy(twin(y))
-    scale = max(1.0, float(np.abs(expected).max()))
-    assert (
-        float(np.abs(low - expected).max()) <= RELATIVE_TOLERANCE[compute_dtype] * scale
-    )
-    assert not np.array_equal(low, expected)  # the low precision was used
-
-
-@pytest.mark.training
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_policy_trains_with_float32_gradients(policy):
-    keras.utils.set_random_seed(0)
-    layer = LocallyConnected2DTranspose(2, 3, strides=2, padding="same", dtype=policy)
-    model = keras.Sequential([keras.Input((3, 3, 2)), layer])
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    x, target = random_array((16, 3, 3, 2)), random_array((16, 6, 6, 2), seed=1)
-    before = to_numpy(layer.kernel).copy()
-    history = model.fit(x, target, epochs=3, batch_size=8, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    assert keras.backend.standardize_dtype(layer.kernel.dtype) == "float32"
-    assert not np.array_equal(to_numpy(layer.kernel), before)
