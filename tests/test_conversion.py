@@ -13,8 +13,8 @@ from keras_localconn import (
     to_conv,
 )
 from tests.autodiff import to_numpy
+from tests.helpers import CONV, batch_shape, random_array
 
-CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 # (spatial, channels, kernel_size, strides, dilation, padding): every padding
@@ -42,12 +42,6 @@ def _case_id(case):
     )
 
 
-def _input_shape(spatial, channels, data_format, batch=None):
-    if data_format == "channels_last":
-        return (batch, *spatial, channels)
-    return (batch, channels, *spatial)
-
-
 def _trained_looking_conv(case, data_format, seed=0, **kwargs):
     """A built Conv*D with random kernel and bias, as if trained."""
     spatial, channels, kernel_size, strides, dilation, padding = case
@@ -60,7 +54,7 @@ def _trained_looking_conv(case, data_format, seed=0, **kwargs):
         data_format=data_format,
         **kwargs,
     )
-    conv.build(_input_shape(spatial, channels, data_format))
+    conv.build(batch_shape(None, spatial, channels, data_format))
     rng = np.random.default_rng(seed)
     conv.set_weights([rng.normal(size=w.shape) for w in conv.get_weights()])
     return conv
@@ -81,8 +75,7 @@ def _conv_outputs(conv, x):
 
 def _inputs(case, data_format, batch=2, seed=1):
     spatial, channels = case[:2]
-    shape = _input_shape(spatial, channels, data_format, batch)
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+    return random_array(batch_shape(batch, spatial, channels, data_format), seed)
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
@@ -113,7 +106,7 @@ def test_to_conv_of_from_conv_gives_back_the_convolution(case, data_format):
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_to_conv_averages_kernel_and_bias_over_positions(data_format):
     local = LocallyConnected2D(3, (3, 2), data_format=data_format)
-    local.build(_input_shape((5, 4), 2, data_format))
+    local.build(batch_shape(None, (5, 4), 2, data_format))
     rng = np.random.default_rng(0)
     kernel, bias = (rng.normal(size=w.shape) for w in local.get_weights())
     local.set_weights([kernel, bias])

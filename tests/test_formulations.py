@@ -16,9 +16,16 @@ from keras_localconn import _arguments, _local_conv, _schedule, ops
 from keras_localconn._schedule import Formulation
 from keras_localconn.layers import LocallyConnected2D
 from tests.autodiff import gradients, to_numpy
+from tests.helpers import (
+    FORWARD_CASES,
+    PADDING_CASES,
+    assert_gradients_equal_directional_derivatives,
+    batch_shape,
+    forward_case_id,
+    padding_case_id,
+    random_forward_problem,
+)
 from tests.reference import reference_local_conv
-from tests.test_ops import CASES, _case_id, _random_problem
-from tests.test_padding_modes import CASES as PADDING_CASES
 
 RTOL = ATOL = 2e-5
 
@@ -60,10 +67,12 @@ def _run(x, kernel, case, data_format, formulation, bias=None):
 
 @pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CASES[::2] + CASES[-7:], ids=_case_id)
+@pytest.mark.parametrize(
+    "case", FORWARD_CASES[::2] + FORWARD_CASES[-7:], ids=forward_case_id
+)
 def test_every_formulation_equals_numpy_reference(case, data_format, formulation):
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    x, kernel, out, filters = _random_problem(case, data_format)
+    x, kernel, out, filters = random_forward_problem(case, data_format)
     bias = np.random.default_rng(3).normal(size=(math.prod(out), filters))
     bias = bias.astype("float32")
     y = _run(x, kernel, case, data_format, formulation, bias=bias)
@@ -82,11 +91,11 @@ def test_every_formulation_equals_numpy_reference(case, data_format, formulation
 @pytest.mark.training
 @pytest.mark.parametrize("formulation", FORMULATIONS[1:], ids=_formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CASES[1::9], ids=_case_id)
+@pytest.mark.parametrize("case", FORWARD_CASES[1::9], ids=forward_case_id)
 def test_every_formulation_has_the_reference_gradients(case, data_format, formulation):
     """Directional derivatives, as in test_ops, through each formulation."""
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    x, kernel, out, filters = _random_problem(case, data_format)
+    x, kernel, out, filters = random_forward_problem(case, data_format)
     rng = np.random.default_rng(11)
     ref = dict(
         kernel_size=kernel_size,
@@ -102,20 +111,9 @@ def test_every_formulation_has_the_reference_gradients(case, data_format, formul
         outputs = _run(inputs, weights, case, data_format, formulation)
         return keras.ops.sum(outputs * keras.ops.convert_to_tensor(cotangent))
 
-    grad_x, grad_kernel = gradients(loss, x, kernel)
-    v = rng.normal(size=x.shape)
-    u = rng.normal(size=kernel.shape)
-    np.testing.assert_allclose(
-        np.sum(grad_x * v),
-        np.sum(cotangent * reference_local_conv(v, kernel, **ref)),
-        rtol=1e-4,
-        atol=1e-3,
-    )
-    np.testing.assert_allclose(
-        np.sum(grad_kernel * u),
-        np.sum(cotangent * reference_local_conv(x, u, **ref)),
-        rtol=1e-4,
-        atol=1e-3,
+    grads = gradients(loss, x, kernel)
+    assert_gradients_equal_directional_derivatives(
+        grads, x, kernel, cotangent, reference_local_conv, ref, rng
     )
 
 
@@ -145,18 +143,14 @@ def test_an_unknown_batch_is_scheduled_as_the_assumed_batch():
 
 @pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", PADDING_CASES[::3], ids=str)
+@pytest.mark.parametrize("case", PADDING_CASES[::3], ids=padding_case_id)
 def test_every_formulation_with_circular_or_explicit_padding(
     case, data_format, formulation
 ):
     spatial, channels, kernel_size, strides, dilation, padding, ref_padding = case
     rng = np.random.default_rng(5)
-    shape = (
-        (2, *spatial, channels)
-        if data_format == "channels_last"
-        else (2, channels, *spatial)
-    )
-    x = rng.normal(size=shape).astype("float32")
+    x = rng.normal(size=batch_shape(2, spatial, channels, data_format))
+    x = x.astype("float32")
     out = ops.local_conv_output_shape(spatial, kernel_size, strides, padding, dilation)
     kernel = rng.normal(size=(math.prod(out), math.prod(kernel_size) * channels, 3))
     kernel = kernel.astype("float32")

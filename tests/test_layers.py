@@ -7,6 +7,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from keras_localconn import (
     LocallyConnected1D,
@@ -15,26 +16,17 @@ from keras_localconn import (
     LocallyConnected3D,
 )
 from tests.autodiff import to_numpy
+from tests.helpers import (
+    LOCALLY_CONNECTED,
+    batch_shape,
+    layer_test_parameters,
+    random_array,
+    randomize_weights,
+)
 from tests.keras_testing import TestCase
-from tests.reference import reference_local_conv
+from tests.reference import reference_local_conv, reference_output_shape
 
-LAYERS = {1: LocallyConnected1D, 2: LocallyConnected2D, 3: LocallyConnected3D}
 SPATIAL = {1: (9,), 2: (7, 6), 3: (5, 4, 4)}
-
-
-def _input_shape(rank, channels=3, batch=2, data_format="channels_last"):
-    spatial = SPATIAL[rank]
-    if data_format == "channels_last":
-        return (batch, *spatial, channels)
-    return (batch, channels, *spatial)
-
-
-def _random(shape, seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
-
-
-def _randomize_weights(layer, seed=1):
-    layer.set_weights([_random(w.shape, seed + i) for i, w in enumerate(layer.weights)])
 
 
 # --------------------------------------------------------------------------
@@ -56,10 +48,12 @@ def _randomize_weights(layer, seed=1):
 def test_layer_output_equals_reference_with_per_position_bias(
     rank, data_format, kwargs
 ):
-    layer = LAYERS[rank](5, data_format=data_format, activation="relu", **kwargs)
-    x = _random(_input_shape(rank, data_format=data_format))
+    layer = LOCALLY_CONNECTED[rank](
+        5, data_format=data_format, activation="relu", **kwargs
+    )
+    x = random_array(batch_shape(2, SPATIAL[rank], 3, data_format))
     layer.build(x.shape)
-    _randomize_weights(layer)
+    randomize_weights(layer)
     kernel, bias = (to_numpy(w) for w in layer.weights)
     y = to_numpy(layer(x))
     expected = reference_local_conv(
@@ -146,12 +140,12 @@ def test_symbolic_output_shape_with_unknown_batch(layer, input_shape, expected):
     outputs = layer(keras.Input(input_shape))
     assert tuple(outputs.shape) == expected
     assert layer.compute_output_shape((None, *input_shape)) == expected
-    y = layer(_random((3, *input_shape)))
+    y = layer(random_array((3, *input_shape)))
     assert tuple(y.shape) == (3, *expected[1:])
 
 
 def test_sequential_functional_and_subclassed_models_agree():
-    x = _random((4, 8, 8, 3))
+    x = random_array((4, 8, 8, 3))
     lc1 = LocallyConnected2D(4, 3, activation="relu", name="lc1")
     lc2 = LocallyConnected2D(2, 2, strides=2, name="lc2")
     sequential = keras.Sequential([keras.Input((8, 8, 3)), lc1, lc2])
@@ -352,51 +346,155 @@ def test_out_of_memory_is_told_from_other_build_errors():
 # --------------------------------------------------------------------------
 
 
-class LayerBehaviourTest(TestCase):
-    """Keras' own layer test harness (training, mixed precision, serialization)."""
+def _layer_test(name, spatial, **init_kwargs):
+    """`run_layer_test`'s arguments, the output shape from the reference."""
+    rank = len(spatial)
+    output_spatial = reference_output_shape(
+        spatial,
+        init_kwargs["kernel_size"],
+        init_kwargs.get("strides", (1,) * rank),
+        init_kwargs.get("dilation_rate", (1,) * rank),
+        init_kwargs.get("padding", "valid"),
+    )
+    return layer_test_parameters(name, spatial, output_spatial, **init_kwargs)
 
-    def test_locally_connected_1d(self):
-        self.run_layer_test(
-            LocallyConnected1D,
-            init_kwargs=dict(
-                filters=3, kernel_size=2, padding="causal", dilation_rate=2
-            ),
-            input_shape=(2, 6, 4),
-            expected_output_shape=(2, 6, 3),
-            expected_num_trainable_weights=2,
-            expected_num_non_trainable_weights=0,
-            expected_num_losses=0,
-            supports_masking=False,
-        )
 
-    def test_locally_connected_2d(self):
-        self.run_layer_test(
-            LocallyConnected2D,
-            init_kwargs=dict(
-                filters=3,
-                kernel_size=(3, 2),
-                strides=(2, 1),
-                padding="same",
-                data_format="channels_first",
-                activity_regularizer="l2",
-                kernel_regularizer="l1",
-            ),
-            input_shape=(2, 4, 5, 6),
-            expected_output_shape=(2, 3, 3, 6),
-            expected_num_trainable_weights=2,
-            expected_num_losses=2,
-            supports_masking=False,
-        )
+# A covering set, not a product: in every rank each padding mode, strides,
+# dilation, both data formats, a layer without bias and one with
+# regularizers. Explicit padding is written as the reference takes it.
+REGULARIZED = dict(activity_regularizer="l2", kernel_regularizer="l1")
+LAYER_TESTS = {
+    1: [
+        _layer_test("valid_strided", (7,), filters=3, kernel_size=(3,), strides=(2,)),
+        _layer_test(
+            "same_dilated_channels_first",
+            (7,),
+            filters=3,
+            kernel_size=(3,),
+            dilation_rate=(2,),
+            padding="same",
+            data_format="channels_first",
+        ),
+        _layer_test(
+            "causal_dilated",
+            (6,),
+            filters=3,
+            kernel_size=(2,),
+            dilation_rate=(2,),
+            padding="causal",
+        ),
+        _layer_test(
+            "circular_strided_channels_first_without_bias",
+            (7,),
+            filters=3,
+            kernel_size=(3,),
+            strides=(2,),
+            padding="circular",
+            data_format="channels_first",
+            use_bias=False,
+        ),
+        _layer_test(
+            "explicit_dilated_regularized",
+            (7,),
+            filters=3,
+            kernel_size=(2,),
+            dilation_rate=(2,),
+            padding=((2, 1),),
+            **REGULARIZED,
+        ),
+    ],
+    2: [
+        _layer_test(
+            "same_strided_channels_first_regularized",
+            (5, 4),
+            filters=3,
+            kernel_size=(3, 2),
+            strides=(2, 1),
+            padding="same",
+            data_format="channels_first",
+            **REGULARIZED,
+        ),
+        _layer_test(
+            "valid_dilated",
+            (5, 4),
+            filters=3,
+            kernel_size=(3, 2),
+            dilation_rate=(1, 2),
+        ),
+        _layer_test(
+            "circular_strided_without_bias",
+            (5, 4),
+            filters=3,
+            kernel_size=(3, 3),
+            strides=(2, 2),
+            padding="circular",
+            use_bias=False,
+        ),
+        _layer_test(
+            "explicit_dilated_channels_first",
+            (5, 4),
+            filters=3,
+            kernel_size=(2, 2),
+            dilation_rate=(2, 1),
+            padding=((1, 0), (2, 1)),
+            data_format="channels_first",
+        ),
+    ],
+    3: [
+        _layer_test(
+            "valid_strided_without_bias",
+            (4, 3, 3),
+            filters=2,
+            kernel_size=(2, 2, 2),
+            strides=(2, 1, 2),
+            use_bias=False,
+        ),
+        _layer_test(
+            "same_dilated_channels_first",
+            (4, 3, 3),
+            filters=2,
+            kernel_size=(2, 2, 2),
+            dilation_rate=(1, 2, 1),
+            padding="same",
+            data_format="channels_first",
+        ),
+        _layer_test(
+            "circular_strided_channels_first_regularized",
+            (4, 3, 3),
+            filters=2,
+            kernel_size=(3, 2, 2),
+            strides=(2, 2, 1),
+            padding="circular",
+            data_format="channels_first",
+            **REGULARIZED,
+        ),
+        _layer_test(
+            "explicit_dilated",
+            (4, 3, 3),
+            filters=2,
+            kernel_size=(2, 2, 2),
+            dilation_rate=(2, 1, 1),
+            padding=((1, 1), (0, 1), (1, 0)),
+        ),
+    ],
+}
 
-    def test_locally_connected_3d(self):
-        self.run_layer_test(
-            LocallyConnected3D,
-            init_kwargs=dict(filters=2, kernel_size=2, use_bias=False),
-            input_shape=(2, 3, 4, 3, 2),
-            expected_output_shape=(2, 2, 3, 2, 2),
-            expected_num_trainable_weights=1,
-            supports_masking=False,
-        )
+
+class KerasLayerContractTest(TestCase):
+    """Keras' own layer checks: shapes, weights, losses, serialization,
+    training and mixed precision, over a grid of configurations per rank."""
+
+    @parameterized.named_parameters(*LAYER_TESTS[1])
+    def test_locally_connected_1d_meets_the_keras_layer_contract(self, **arguments):
+        self.run_layer_test(LocallyConnected1D, **arguments)
+
+    @parameterized.named_parameters(*LAYER_TESTS[2])
+    def test_locally_connected_2d_meets_the_keras_layer_contract(self, **arguments):
+        self.run_layer_test(LocallyConnected2D, **arguments)
+
+    @parameterized.named_parameters(*LAYER_TESTS[3])
+    def test_locally_connected_3d_meets_the_keras_layer_contract(self, **arguments):
+        self.run_layer_test(LocallyConnected3D, **arguments)
 
 
 def test_config_round_trip_rebuilds_an_identical_layer():
@@ -439,7 +537,7 @@ def test_model_with_both_layers_saves_and_loads_with_safe_mode(tmp_path):
     outputs = LocallyConnected1D(2, 3, padding="causal")(hidden)
     model = keras.Model(inputs, outputs)
     model.compile(optimizer="adam", loss="mse")
-    x = _random((3, 12, 10, 3))
+    x = random_array((3, 12, 10, 3))
     expected = model.predict(x, verbose=0)
     path = tmp_path / "model.keras"
     model.save(path)
@@ -462,8 +560,8 @@ def test_regularization_losses_count_kernel_bias_then_activity():
     )
     layer.build((None, 6, 2))
     assert len(layer.losses) == 2
-    _randomize_weights(layer)
-    x = _random((2, 6, 2))
+    randomize_weights(layer)
+    x = random_array((2, 6, 2))
     y = to_numpy(layer(x))
     assert len(layer.losses) == 3
     kernel, bias = (to_numpy(w) for w in layer.weights)

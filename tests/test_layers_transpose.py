@@ -5,48 +5,32 @@ import math
 import keras
 import numpy as np
 import pytest
-from keras import ops
+from absl.testing import parameterized
 
 from keras_localconn import (
-    LocallyConnected1D,
     LocallyConnected1DTranspose,
     LocallyConnected2D,
     LocallyConnected2DTranspose,
-    LocallyConnected3D,
     LocallyConnected3DTranspose,
 )
 from keras_localconn.layers import BaseLocallyConnected
 from tests.autodiff import to_numpy
+from tests.helpers import (
+    CONV_TRANSPOSE,
+    LOCALLY_CONNECTED,
+    LOCALLY_CONNECTED_TRANSPOSE,
+    batch_shape,
+    layer_test_parameters,
+    random_array,
+    randomize_weights,
+)
 from tests.keras_testing import TestCase
-from tests.reference_transpose import reference_local_conv_transpose
+from tests.reference_transpose import (
+    reference_local_conv_transpose,
+    reference_transpose_length,
+)
 
-LAYERS = {
-    1: LocallyConnected1DTranspose,
-    2: LocallyConnected2DTranspose,
-    3: LocallyConnected3DTranspose,
-}
-FORWARD_LAYERS = {1: LocallyConnected1D, 2: LocallyConnected2D, 3: LocallyConnected3D}
-KERAS_LAYERS = {
-    1: keras.layers.Conv1DTranspose,
-    2: keras.layers.Conv2DTranspose,
-    3: keras.layers.Conv3DTranspose,
-}
 SPATIAL = {1: (5,), 2: (4, 3), 3: (3, 2, 2)}
-
-
-def _input_shape(rank, channels=3, batch=2, data_format="channels_last"):
-    spatial = SPATIAL[rank]
-    if data_format == "channels_last":
-        return (batch, *spatial, channels)
-    return (batch, channels, *spatial)
-
-
-def _random(shape, seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
-
-
-def _randomize_weights(layer, seed=1):
-    layer.set_weights([_random(w.shape, seed + i) for i, w in enumerate(layer.weights)])
 
 
 # --------------------------------------------------------------------------
@@ -69,10 +53,12 @@ def _randomize_weights(layer, seed=1):
 def test_layer_output_equals_reference_with_per_position_bias(
     rank, data_format, kwargs
 ):
-    layer = LAYERS[rank](4, data_format=data_format, activation="relu", **kwargs)
-    y = _random(_input_shape(rank, data_format=data_format))
+    layer = LOCALLY_CONNECTED_TRANSPOSE[rank](
+        4, data_format=data_format, activation="relu", **kwargs
+    )
+    y = random_array(batch_shape(2, SPATIAL[rank], 3, data_format))
     layer.build(y.shape)
-    _randomize_weights(layer)
+    randomize_weights(layer)
     kernel, bias = (to_numpy(w) for w in layer.weights)
     x = to_numpy(layer(y))
     expected = reference_local_conv_transpose(
@@ -92,13 +78,13 @@ def test_layer_output_equals_reference_with_per_position_bias(
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_shared_weights_equal_keras_conv_transpose_with_bias(rank):
     kwargs = dict(kernel_size=3, strides=2, padding="same", output_padding=1)
-    ours = LAYERS[rank](4, **kwargs)
-    theirs = KERAS_LAYERS[rank](4, **kwargs)
-    y = _random(_input_shape(rank))
+    ours = LOCALLY_CONNECTED_TRANSPOSE[rank](4, **kwargs)
+    theirs = CONV_TRANSPOSE[rank](4, **kwargs)
+    y = random_array(batch_shape(2, SPATIAL[rank], 3, "channels_last"))
     ours.build(y.shape)
     theirs.build(y.shape)
-    conv_kernel = _random(theirs.kernel.shape, seed=2)  # (*kernel, filters, in)
-    conv_bias = _random((4,), seed=3)
+    conv_kernel = random_array(theirs.kernel.shape, seed=2)  # (*kernel, filters, in)
+    conv_bias = random_array((4,), seed=3)
     theirs.set_weights([conv_kernel, conv_bias])
     positions = ours.kernel.shape[0]
     ours.set_weights(
@@ -118,21 +104,21 @@ def test_shared_weights_equal_keras_conv_transpose_with_bias(rank):
 def test_is_the_adjoint_of_the_forward_layer_with_the_same_kernel(rank, data_format):
     """The decoder of `LocallyConnected{N}D(strides=2, padding="same")`."""
     channels, filters = 3, 4
-    decoder = LAYERS[rank](
+    decoder = LOCALLY_CONNECTED_TRANSPOSE[rank](
         filters, 3, strides=2, padding="same", data_format=data_format, use_bias=False
     )
-    y = _random(_input_shape(rank, channels, data_format=data_format))
+    y = random_array(batch_shape(2, SPATIAL[rank], channels, data_format))
     x_shape = decoder.compute_output_shape(y.shape)
-    encoder = FORWARD_LAYERS[rank](
+    encoder = LOCALLY_CONNECTED[rank](
         channels, 3, strides=2, padding="same", data_format=data_format, use_bias=False
     )
     encoder.build(x_shape)
     decoder.build(y.shape)
     assert tuple(encoder.kernel.shape) == tuple(decoder.kernel.shape)
-    kernel = _random(encoder.kernel.shape, seed=4)
+    kernel = random_array(encoder.kernel.shape, seed=4)
     encoder.set_weights([kernel])
     decoder.set_weights([kernel])
-    x = _random(x_shape, seed=5)
+    x = random_array(x_shape, seed=5)
     assert encoder.compute_output_shape(x_shape) == y.shape
     np.testing.assert_allclose(
         np.sum(to_numpy(decoder(y)).astype(np.float64) * x),
@@ -218,14 +204,14 @@ def test_is_not_taken_for_a_forward_layer():
     ],
 )
 def test_symbolic_output_shape_equals_keras_conv_transpose(rank, kwargs, input_shape):
-    layer = LAYERS[rank](4, **kwargs)
+    layer = LOCALLY_CONNECTED_TRANSPOSE[rank](4, **kwargs)
     expected = tuple(
-        KERAS_LAYERS[rank](4, **kwargs).compute_output_shape((None, *input_shape))
+        CONV_TRANSPOSE[rank](4, **kwargs).compute_output_shape((None, *input_shape))
     )
     outputs = layer(keras.Input(input_shape))
     assert tuple(outputs.shape) == expected
     assert layer.compute_output_shape((None, *input_shape)) == expected
-    assert tuple(layer(_random((3, *input_shape))).shape) == (3, *expected[1:])
+    assert tuple(layer(random_array((3, *input_shape))).shape) == (3, *expected[1:])
 
 
 # --------------------------------------------------------------------------
@@ -304,49 +290,137 @@ def test_input_of_wrong_rank_or_channels_is_a_value_error():
 # --------------------------------------------------------------------------
 
 
-class LayerBehaviourTest(TestCase):
-    """Keras' own layer test harness (training, mixed precision, serialization)."""
-
-    def test_locally_connected_1d_transpose(self):
-        self.run_layer_test(
-            LocallyConnected1DTranspose,
-            init_kwargs=dict(filters=3, kernel_size=3, strides=2, padding="same"),
-            input_shape=(2, 4, 2),
-            expected_output_shape=(2, 8, 3),
-            expected_num_trainable_weights=2,
-            expected_num_non_trainable_weights=0,
-            expected_num_losses=0,
-            supports_masking=False,
+def _layer_test(name, spatial, output_padding=None, **init_kwargs):
+    """`run_layer_test`'s arguments, the output shape from the reference."""
+    rank = len(spatial)
+    output_spatial = tuple(
+        reference_transpose_length(n, k, s, d, init_kwargs.get("padding", "valid"), op)
+        for n, k, s, d, op in zip(
+            spatial,
+            init_kwargs["kernel_size"],
+            init_kwargs.get("strides", (1,) * rank),
+            init_kwargs.get("dilation_rate", (1,) * rank),
+            output_padding or (None,) * rank,
         )
+    )
+    if output_padding is not None:
+        init_kwargs["output_padding"] = output_padding
+    return layer_test_parameters(name, spatial, output_spatial, **init_kwargs)
 
-    def test_locally_connected_2d_transpose(self):
-        self.run_layer_test(
-            LocallyConnected2DTranspose,
-            init_kwargs=dict(
-                filters=3,
-                kernel_size=(3, 2),
-                strides=(2, 1),
-                output_padding=(1, 0),
-                data_format="channels_first",
-                activity_regularizer="l2",
-                kernel_regularizer="l1",
-            ),
-            input_shape=(2, 4, 3, 2),
-            expected_output_shape=(2, 3, 8, 3),
-            expected_num_trainable_weights=2,
-            expected_num_losses=2,
-            supports_masking=False,
-        )
 
-    def test_locally_connected_3d_transpose(self):
-        self.run_layer_test(
-            LocallyConnected3DTranspose,
-            init_kwargs=dict(filters=2, kernel_size=2, use_bias=False),
-            input_shape=(2, 2, 3, 2, 2),
-            expected_output_shape=(2, 3, 4, 3, 2),
-            expected_num_trainable_weights=1,
-            supports_masking=False,
-        )
+# A covering set, not a product: in every rank "valid", "same" and an
+# `output_padding`, strides, dilation, both data formats, a layer without
+# bias and one with regularizers.
+REGULARIZED = dict(activity_regularizer="l2", kernel_regularizer="l1")
+LAYER_TESTS = {
+    1: [
+        _layer_test("valid_strided", (4,), filters=3, kernel_size=(3,), strides=(2,)),
+        _layer_test(
+            "same_dilated_channels_first",
+            (4,),
+            filters=3,
+            kernel_size=(3,),
+            dilation_rate=(2,),
+            padding="same",
+            data_format="channels_first",
+        ),
+        _layer_test(
+            "output_padding_strided_channels_first_without_bias",
+            (4,),
+            output_padding=(2,),
+            filters=3,
+            kernel_size=(2,),
+            strides=(3,),
+            data_format="channels_first",
+            use_bias=False,
+        ),
+        _layer_test(
+            "same_strided_regularized",
+            (4,),
+            filters=3,
+            kernel_size=(3,),
+            strides=(2,),
+            padding="same",
+            **REGULARIZED,
+        ),
+    ],
+    2: [
+        _layer_test(
+            "output_padding_strided_channels_first_regularized",
+            (4, 3),
+            output_padding=(1, 0),
+            filters=3,
+            kernel_size=(3, 2),
+            strides=(2, 1),
+            data_format="channels_first",
+            **REGULARIZED,
+        ),
+        _layer_test(
+            "valid_dilated", (4, 3), filters=3, kernel_size=(2, 2), dilation_rate=(1, 2)
+        ),
+        _layer_test(
+            "same_strided_without_bias",
+            (4, 3),
+            filters=3,
+            kernel_size=(3, 3),
+            strides=(2, 2),
+            padding="same",
+            use_bias=False,
+        ),
+    ],
+    3: [
+        _layer_test(
+            "valid_strided_without_bias",
+            (2, 3, 2),
+            filters=2,
+            kernel_size=(2, 2, 2),
+            strides=(1, 2, 1),
+            use_bias=False,
+        ),
+        _layer_test(
+            "same_dilated_channels_first",
+            (2, 3, 2),
+            filters=2,
+            kernel_size=(2, 2, 2),
+            dilation_rate=(2, 1, 1),
+            padding="same",
+            data_format="channels_first",
+        ),
+        _layer_test(
+            "output_padding_strided_regularized",
+            (2, 3, 2),
+            output_padding=(1, 0, 1),
+            filters=2,
+            kernel_size=(2, 3, 2),
+            strides=(2, 1, 2),
+            padding="same",
+            **REGULARIZED,
+        ),
+    ],
+}
+
+
+class KerasLayerContractTest(TestCase):
+    """Keras' own layer checks: shapes, weights, losses, serialization,
+    training and mixed precision, over a grid of configurations per rank."""
+
+    @parameterized.named_parameters(*LAYER_TESTS[1])
+    def test_locally_connected_1d_transpose_meets_the_keras_layer_contract(
+        self, **arguments
+    ):
+        self.run_layer_test(LocallyConnected1DTranspose, **arguments)
+
+    @parameterized.named_parameters(*LAYER_TESTS[2])
+    def test_locally_connected_2d_transpose_meets_the_keras_layer_contract(
+        self, **arguments
+    ):
+        self.run_layer_test(LocallyConnected2DTranspose, **arguments)
+
+    @parameterized.named_parameters(*LAYER_TESTS[3])
+    def test_locally_connected_3d_transpose_meets_the_keras_layer_contract(
+        self, **arguments
+    ):
+        self.run_layer_test(LocallyConnected3DTranspose, **arguments)
 
 
 def test_config_round_trip_rebuilds_an_identical_layer():
@@ -396,7 +470,7 @@ def _encoder_decoder(input_shape=(8, 8, 1)):
 
 def test_encoder_decoder_saves_and_loads_with_safe_mode(tmp_path):
     model = _encoder_decoder()
-    x = _random((3, 8, 8, 1))
+    x = random_array((3, 8, 8, 1))
     expected = model.predict(x, verbose=0)
     path = tmp_path / "autoencoder.keras"
     model.save(path)
@@ -427,60 +501,7 @@ def test_constraints_are_applied_during_fit():
     )
     model = keras.Sequential([keras.Input((4, 3)), layer])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    x = _random((32, 4, 3))
-    model.fit(x, -np.abs(_random((32, 9, 2), seed=1)), epochs=2, verbose=0)
+    x = random_array((32, 4, 3))
+    model.fit(x, -np.abs(random_array((32, 9, 2), seed=1)), epochs=2, verbose=0)
     assert to_numpy(layer.kernel).min() >= 0.0
     assert to_numpy(layer.bias).min() >= 0.0
-
-
-# --------------------------------------------------------------------------
-# Mixed precision
-# --------------------------------------------------------------------------
-
-# As in test_mixed_precision: worst |low precision - float32| relative to the
-# largest |float32 output|.
-RELATIVE_TOLERANCE = {"float16": 5e-3, "bfloat16": 3e-2}
-
-
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("rank", [1, 2, 3])
-def test_mixed_policy_keeps_float32_variables_and_matches_float32(rank, policy):
-    layer = LAYERS[rank](
-        4, 3, strides=2, padding="same", dtype=policy, bias_initializer="normal"
-    )
-    y = _random(_input_shape(rank))
-    outputs = layer(y)
-    compute_dtype = policy.removeprefix("mixed_")
-    assert [keras.backend.standardize_dtype(w.dtype) for w in layer.weights] == [
-        "float32",
-        "float32",
-    ]
-    assert keras.backend.standardize_dtype(outputs.dtype) == compute_dtype
-
-    config = layer.get_config()
-    config["dtype"] = "float32"
-    twin = type(layer).from_config(config)
-    twin.build(y.shape)
-    twin.set_weights(layer.get_weights())
-    low = ops.convert_to_numpy(ops.cast(outputs, "float32"))
-    expected = ops.convert_to_numpy(twin(y))
-    scale = max(1.0, float(np.abs(expected).max()))
-    assert (
-        float(np.abs(low - expected).max()) <= RELATIVE_TOLERANCE[compute_dtype] * scale
-    )
-    assert not np.array_equal(low, expected)  # the low precision was used
-
-
-@pytest.mark.training
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_policy_trains_with_float32_gradients(policy):
-    keras.utils.set_random_seed(0)
-    layer = LocallyConnected2DTranspose(2, 3, strides=2, padding="same", dtype=policy)
-    model = keras.Sequential([keras.Input((3, 3, 2)), layer])
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    x, target = _random((16, 3, 3, 2)), _random((16, 6, 6, 2), seed=1)
-    before = to_numpy(layer.kernel).copy()
-    history = model.fit(x, target, epochs=3, batch_size=8, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    assert keras.backend.standardize_dtype(layer.kernel.dtype) == "float32"
-    assert not np.array_equal(to_numpy(layer.kernel), before)

@@ -1,4 +1,4 @@
-"""Dtype policies: mixed_float16 and mixed_bfloat16 for LocallyConnected1D/2D/3D.
+"""Dtype policies: mixed_float16 and mixed_bfloat16 for both layer families.
 
 Every Keras backend computes both policies on the CPU (torch's matmul runs
 float16 in float32 there and casts back), so these run on all of them; the
@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_localconn import LocallyConnected1D, LocallyConnected2D, LocallyConnected3D
+from keras_localconn import (
+    LocallyConnected1D,
+    LocallyConnected1DTranspose,
+    LocallyConnected2D,
+    LocallyConnected2DTranspose,
+    LocallyConnected3D,
+    LocallyConnected3DTranspose,
+)
 from keras_localconn.ops import local_conv
+from tests.autodiff import to_numpy
+from tests.helpers import random_array
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
@@ -30,6 +39,24 @@ LAYER_CASES = [
         id="2d-channels-first",
     ),
     pytest.param(LocallyConnected3D, (4, 5, 4, 2), {"padding": "same"}, id="3d"),
+    pytest.param(
+        LocallyConnected1DTranspose,
+        (5, 3),
+        {"strides": 2, "padding": "same"},
+        id="1d-transpose",
+    ),
+    pytest.param(
+        LocallyConnected2DTranspose,
+        (4, 3, 3),
+        {"strides": 2, "padding": "same"},
+        id="2d-transpose",
+    ),
+    pytest.param(
+        LocallyConnected3DTranspose,
+        (3, 2, 2, 3),
+        {"strides": 2, "padding": "same"},
+        id="3d-transpose",
+    ),
 ]
 
 
@@ -50,7 +77,7 @@ def global_policy(request):
 
 
 def _inputs(input_shape, seed=0):
-    return np.random.default_rng(seed).normal(size=(4, *input_shape)).astype("float32")
+    return random_array((4, *input_shape), seed)
 
 
 def _float32_twin(layer, input_shape):
@@ -200,6 +227,23 @@ def test_training_steps_under_global_mixed_policy_reduce_the_loss(
     assert np.all(np.isfinite(losses))
     assert final_loss < initial_loss
     assert keras.backend.standardize_dtype(layer.kernel.dtype) == "float32"
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("policy", MIXED_POLICIES)
+def test_training_steps_with_mixed_policy_transpose_layer_use_float32_gradients(
+    policy,
+):
+    keras.utils.set_random_seed(0)
+    layer = LocallyConnected2DTranspose(2, 3, strides=2, padding="same", dtype=policy)
+    model = keras.Sequential([keras.Input((3, 3, 2)), layer])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    x, target = random_array((16, 3, 3, 2)), random_array((16, 6, 6, 2), seed=1)
+    before = to_numpy(layer.kernel).copy()
+    history = model.fit(x, target, epochs=3, batch_size=8, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert keras.backend.standardize_dtype(layer.kernel.dtype) == "float32"
+    assert not np.array_equal(to_numpy(layer.kernel), before)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

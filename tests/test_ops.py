@@ -1,6 +1,5 @@
 """`keras_localconn.ops.local_conv` against independent references."""
 
-import itertools
 import math
 
 import keras
@@ -13,90 +12,29 @@ from keras_localconn.ops import (
     local_conv_output_shape,
 )
 from tests.autodiff import gradients, to_numpy
-from tests.reference import reference_local_conv, reference_output_shape
+from tests.helpers import (
+    CONV,
+    FORWARD_CASES,
+    assert_gradients_equal_directional_derivatives,
+    batch_shape,
+    forward_case_id,
+    jax_local_conv,
+    random_forward_problem,
+)
+from tests.reference import reference_local_conv
 
 RTOL = ATOL = 2e-5
-
-
-def _cases():
-    """(spatial, channels, kernel_size, strides, dilation, padding, batch)."""
-    rank_grids = {
-        1: dict(
-            spatial=[(7,)],
-            kernel=[(3,), (2,)],
-            strides=[(1,), (2,), (3,)],
-            dilation=[(1,), (2,)],
-            padding=["valid", "same", "causal"],
-        ),
-        2: dict(
-            spatial=[(6, 5)],
-            kernel=[(3, 2)],
-            strides=[(1, 1), (2, 1), (2, 3)],
-            dilation=[(1, 1), (2, 1), (1, 2)],
-            padding=["valid", "same"],
-        ),
-        3: dict(
-            spatial=[(4, 5, 3)],
-            kernel=[(2, 3, 2)],
-            strides=[(1, 1, 1), (2, 1, 2)],
-            dilation=[(1, 1, 1), (1, 2, 1)],
-            padding=["valid", "same"],
-        ),
-    }
-    for grid in rank_grids.values():
-        for spatial, kernel, strides, dilation, padding in itertools.product(
-            grid["spatial"],
-            grid["kernel"],
-            grid["strides"],
-            grid["dilation"],
-            grid["padding"],
-        ):
-            if any(s > 1 and d > 1 for s, d in zip(strides, dilation)):
-                continue
-            yield spatial, 3, kernel, strides, dilation, padding, 2
-    # Edge shapes: kernel = input size, one channel, batch 1, odd strides.
-    yield (5,), 1, (5,), (1,), (1,), "valid", 1
-    yield (5, 4), 2, (5, 4), (1, 1), (1, 1), "valid", 1
-    yield (5, 4), 1, (5, 4), (1, 1), (1, 1), "same", 1
-    yield (1, 1), 4, (1, 1), (1, 1), (1, 1), "valid", 3
-    yield (9, 2), 1, (4, 1), (3, 2), (1, 1), "same", 1
-    yield (2, 3, 2), 1, (2, 3, 2), (1, 1, 1), (1, 1, 1), "valid", 1
-    yield (6,), 2, (4,), (1,), (2,), "causal", 1
-
-
-CASES = list(_cases())
+CASES = FORWARD_CASES
 # Keras' Conv layers refuse strides > 1 with dilation > 1 even on different
 # axes (local_conv only refuses them on one axis): compare where both accept.
 CONV_CASES = [c for c in CASES if max(c[3]) == 1 or max(c[4]) == 1]
 
 
-def _case_id(case):
-    spatial, channels, kernel, strides, dilation, padding, batch = case
-    return (
-        f"in{'x'.join(map(str, spatial))}c{channels}-k{'x'.join(map(str, kernel))}"
-        f"-s{'x'.join(map(str, strides))}-d{'x'.join(map(str, dilation))}"
-        f"-{padding}-b{batch}"
-    )
-
-
-def _random_problem(case, data_format, seed=0):
-    spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    rng = np.random.default_rng(seed)
-    if data_format == "channels_last":
-        x = rng.normal(size=(batch, *spatial, channels))
-    else:
-        x = rng.normal(size=(batch, channels, *spatial))
-    out = reference_output_shape(spatial, kernel_size, strides, dilation, padding)
-    filters = 4
-    kernel = rng.normal(size=(math.prod(out), math.prod(kernel_size) * channels, 4))
-    return x.astype("float32"), kernel.astype("float32"), out, filters
-
-
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CASES, ids=forward_case_id)
 def test_local_conv_equals_numpy_reference(case, data_format):
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    x, kernel, out, filters = _random_problem(case, data_format)
+    x, kernel, out, filters = random_forward_problem(case, data_format)
     y = local_conv(
         x,
         kernel,
@@ -114,13 +52,10 @@ def test_local_conv_equals_numpy_reference(case, data_format):
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CONV_CASES, ids=forward_case_id)
 def test_output_shape_equals_keras_conv_output_shape(case, data_format):
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    conv = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}[
-        len(spatial)
-    ]
-    layer = conv(
+    layer = CONV[len(spatial)](
         4,
         kernel_size,
         strides=strides,
@@ -128,12 +63,9 @@ def test_output_shape_equals_keras_conv_output_shape(case, data_format):
         dilation_rate=dilation,
         data_format=data_format,
     )
-    shape = (
-        (batch, *spatial, channels)
-        if data_format == "channels_last"
-        else (batch, channels, *spatial)
+    conv_out = layer.compute_output_shape(
+        batch_shape(batch, spatial, channels, data_format)
     )
-    conv_out = layer.compute_output_shape(shape)
     conv_spatial = conv_out[1:-1] if data_format == "channels_last" else conv_out[2:]
     ours = local_conv_output_shape(spatial, kernel_size, strides, padding, dilation)
     assert ours == tuple(conv_spatial)
@@ -143,13 +75,13 @@ def test_output_shape_equals_keras_conv_output_shape(case, data_format):
 @pytest.mark.parametrize(
     "case",
     [c for c in CONV_CASES if c[5] != "causal"][::3] + [CASES[2]],
-    ids=_case_id,
+    ids=forward_case_id,
 )
 def test_shared_kernel_equals_keras_ops_conv(case, data_format):
     """With one kernel tiled over all positions, it is an ordinary convolution."""
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
     rng = np.random.default_rng(1)
-    x, _, out, filters = _random_problem(case, data_format)
+    x, _, out, filters = random_forward_problem(case, data_format)
     conv_kernel = rng.normal(size=(*kernel_size, channels, filters)).astype("float32")
     if data_format == "channels_last":
         patch_kernel = conv_kernel.reshape(-1, filters)  # (offsets..., channel)
@@ -167,8 +99,7 @@ def test_shared_kernel_equals_keras_ops_conv(case, data_format):
     )
     # Keras' Conv runs channels_last (TensorFlow has no NCHW conv on CPU):
     # transpose around it for channels_first.
-    conv = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
-    layer = conv[len(spatial)](
+    layer = CONV[len(spatial)](
         filters,
         kernel_size,
         strides=strides,
@@ -187,25 +118,15 @@ def test_shared_kernel_equals_keras_ops_conv(case, data_format):
 
 
 @pytest.mark.backends("jax")
-@pytest.mark.parametrize("case", [c for c in CASES if c[5] != "causal"], ids=_case_id)
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c[5] != "causal"], ids=forward_case_id
+)
 def test_channels_first_kernel_equals_jax_conv_general_dilated_local(case):
     """jax's unfolded-kernel layout ("C" before the window) is channels_first's."""
-    import jax
-
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    x, kernel, out, filters = _random_problem(case, "channels_first")
-    rank = len(spatial)
-    spec = "NC" + "DHW"[-rank:]
-    rhs_spec = "DHW"[-rank:] + "IO"
-    expected = jax.lax.conv_general_dilated_local(
-        x,
-        kernel.reshape(*out, kernel.shape[1], filters),
-        window_strides=strides,
-        padding=padding.upper(),
-        filter_shape=kernel_size,
-        rhs_dilation=dilation,
-        dimension_numbers=(spec, rhs_spec, spec),
-        precision=jax.lax.Precision.HIGHEST,
+    x, kernel, out, filters = random_forward_problem(case, "channels_first")
+    expected = jax_local_conv(
+        x, kernel, out, kernel_size, strides, dilation, padding.upper()
     )
     y = local_conv(
         x,
@@ -216,12 +137,12 @@ def test_channels_first_kernel_equals_jax_conv_general_dilated_local(case):
         dilation_rate=dilation,
         data_format="channels_first",
     )
-    np.testing.assert_allclose(to_numpy(y), np.asarray(expected), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(y), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.training
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CASES[::4] + CASES[-7:], ids=_case_id)
+@pytest.mark.parametrize("case", CASES[::4] + CASES[-7:], ids=forward_case_id)
 def test_gradients_equal_directional_derivatives_of_reference(case, data_format):
     """The op is linear in `inputs` and in `kernel`.
 
@@ -229,7 +150,7 @@ def test_gradients_equal_directional_derivatives_of_reference(case, data_format)
     sum(g * reference(v)), exactly; checked on random directions for both.
     """
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    x, kernel, out, filters = _random_problem(case, data_format)
+    x, kernel, out, filters = random_forward_problem(case, data_format)
     rng = np.random.default_rng(7)
     expected_y = reference_local_conv(
         x, kernel, kernel_size, strides, dilation, padding, data_format
@@ -256,21 +177,16 @@ def test_gradients_equal_directional_derivatives_of_reference(case, data_format)
         padding=padding,
         data_format=data_format,
     )
-    for _ in range(3):
-        v = rng.normal(size=x.shape)
-        u = rng.normal(size=kernel.shape)
-        np.testing.assert_allclose(
-            np.sum(grad_x * v),
-            np.sum(cotangent * reference_local_conv(v, kernel, **ref)),
-            rtol=1e-4,
-            atol=1e-3,
-        )
-        np.testing.assert_allclose(
-            np.sum(grad_kernel * u),
-            np.sum(cotangent * reference_local_conv(x, u, **ref)),
-            rtol=1e-4,
-            atol=1e-3,
-        )
+    assert_gradients_equal_directional_derivatives(
+        (grad_x, grad_kernel),
+        x,
+        kernel,
+        cotangent,
+        reference_local_conv,
+        ref,
+        rng,
+        directions=3,
+    )
 
 
 def test_kernel_shape_is_positions_by_patch_by_filters():

@@ -16,6 +16,14 @@ import pytest
 from keras_localconn import LocallyConnected1D, LocallyConnected2D, LocallyConnected3D
 from keras_localconn.ops import local_conv, local_conv_output_shape, local_conv_padding
 from tests.autodiff import gradients, to_numpy
+from tests.helpers import (
+    LOCALLY_CONNECTED,
+    PADDING_CASES,
+    assert_gradients_equal_directional_derivatives,
+    batch_shape,
+    jax_local_conv,
+    padding_case_id,
+)
 from tests.reference import (
     reference_local_conv,
     reference_output_shape,
@@ -23,7 +31,6 @@ from tests.reference import (
 )
 
 RTOL = ATOL = 2e-5
-LAYERS = {1: LocallyConnected1D, 2: LocallyConnected2D, 3: LocallyConnected3D}
 ZERO_PADDING = {
     1: keras.layers.ZeroPadding1D,
     2: keras.layers.ZeroPadding2D,
@@ -32,72 +39,15 @@ ZERO_PADDING = {
 
 # (spatial, channels, kernel_size, strides, dilation, padding as the user
 # writes it, the same padding as the reference takes it: a name or pairs).
-CASES = [
-    # 1D: every way of writing explicit padding, strides, dilation.
-    ((7,), 3, (3,), (1,), (1,), "circular", "circular"),
-    ((7,), 3, (3,), (2,), (1,), "circular", "circular"),
-    ((7,), 3, (2,), (3,), (1,), "circular", "circular"),
-    ((7,), 3, (3,), (1,), (2,), "CIRCULAR", "circular"),
-    ((7,), 3, (3,), (1,), (1,), 2, ((2, 2),)),
-    ((7,), 3, (3,), (2,), (1,), (1,), ((1, 1),)),
-    ((7,), 3, (2,), (1,), (2,), (0, 3), ((0, 3),)),  # ZeroPadding1D's pair
-    ((7,), 3, (3,), (3,), (1,), ((2, 1),), ((2, 1),)),
-    ((7,), 3, (3,), (1,), (1,), 0, ((0, 0),)),
-    # Circular pads wider than the axis wrap around more than once.
-    ((3,), 2, (5,), (1,), (2,), "circular", "circular"),
-    ((2,), 1, (4,), (1,), (1,), "circular", "circular"),
-    # 2D
-    ((6, 5), 3, (3, 2), (1, 1), (1, 1), "circular", "circular"),
-    ((6, 5), 3, (3, 2), (2, 3), (1, 1), "circular", "circular"),
-    ((6, 5), 3, (3, 2), (1, 1), (1, 2), "circular", "circular"),
-    ((6, 5), 3, (3, 2), (2, 1), (1, 2), "circular", "circular"),
-    ((6, 5), 3, (3, 2), (1, 1), (1, 1), 1, ((1, 1), (1, 1))),
-    ((6, 5), 3, (3, 2), (2, 3), (1, 1), (2, 0), ((2, 2), (0, 0))),
-    ((6, 5), 3, (3, 2), (1, 1), (2, 1), ((1, 2), (0, 3)), ((1, 2), (0, 3))),
-    ((2, 3), 1, (3, 3), (1, 1), (2, 1), "circular", "circular"),
-    # 3D
-    ((4, 5, 3), 2, (2, 3, 2), (1, 1, 1), (1, 1, 1), "circular", "circular"),
-    ((4, 5, 3), 2, (2, 3, 2), (2, 1, 2), (1, 1, 1), "circular", "circular"),
-    ((4, 5, 3), 2, (2, 3, 2), (1, 1, 1), (1, 2, 1), "circular", "circular"),
-    (
-        (4, 5, 3),
-        2,
-        (2, 3, 2),
-        (2, 1, 2),
-        (1, 1, 1),
-        (1, 0, 2),
-        ((1, 1), (0, 0), (2, 2)),
-    ),
-    (
-        (4, 5, 3),
-        2,
-        (2, 3, 2),
-        (1, 1, 1),
-        (1, 2, 1),
-        ((1, 0), (2, 1), (0, 1)),
-        ((1, 0), (2, 1), (0, 1)),
-    ),
-]
+CASES = PADDING_CASES
 EXPLICIT = [c for c in CASES if not isinstance(c[5], str)]
 CIRCULAR = [c for c in CASES if isinstance(c[5], str)]
-
-
-def _case_id(case):
-    spatial, channels, kernel, strides, dilation, padding, _ = case
-    return (
-        f"in{'x'.join(map(str, spatial))}c{channels}-k{'x'.join(map(str, kernel))}"
-        f"-s{'x'.join(map(str, strides))}-d{'x'.join(map(str, dilation))}"
-        f"-{str(padding).replace(' ', '')}"
-    )
 
 
 def _random_problem(case, data_format, batch=2, filters=3, seed=0):
     spatial, channels, kernel_size, strides, dilation, _, ref_padding = case
     rng = np.random.default_rng(seed)
-    if data_format == "channels_last":
-        x = rng.normal(size=(batch, *spatial, channels))
-    else:
-        x = rng.normal(size=(batch, channels, *spatial))
+    x = rng.normal(size=batch_shape(batch, spatial, channels, data_format))
     out = reference_output_shape(spatial, kernel_size, strides, dilation, ref_padding)
     kernel = rng.normal(
         size=(math.prod(out), math.prod(kernel_size) * channels, filters)
@@ -107,7 +57,7 @@ def _random_problem(case, data_format, batch=2, filters=3, seed=0):
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CASES, ids=padding_case_id)
 def test_local_conv_with_circular_or_explicit_padding_equals_numpy_reference(
     case, data_format
 ):
@@ -129,7 +79,7 @@ def test_local_conv_with_circular_or_explicit_padding_equals_numpy_reference(
     np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CASES, ids=padding_case_id)
 def test_shape_helpers_give_the_reference_padding_and_output_shape(case):
     spatial, channels, kernel_size, strides, dilation, padding, ref_padding = case
     args = (spatial, kernel_size, strides, padding, dilation)
@@ -142,7 +92,7 @@ def test_shape_helpers_give_the_reference_padding_and_output_shape(case):
     )
 
 
-@pytest.mark.parametrize("case", CIRCULAR, ids=_case_id)
+@pytest.mark.parametrize("case", CIRCULAR, ids=padding_case_id)
 def test_circular_padding_takes_the_amounts_of_same(case):
     spatial, channels, kernel_size, strides, dilation, padding, _ = case
     same = (spatial, kernel_size, strides, "same", dilation)
@@ -154,7 +104,7 @@ def test_circular_padding_takes_the_amounts_of_same(case):
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CIRCULAR[::2], ids=_case_id)
+@pytest.mark.parametrize("case", CIRCULAR[::2], ids=padding_case_id)
 def test_circular_padding_equals_numpy_wrap_padding_then_valid(case, data_format):
     spatial, channels, kernel_size, strides, dilation, padding, _ = case
     x, kernel, _ = _random_problem(case, data_format)
@@ -175,7 +125,7 @@ def test_circular_padding_equals_numpy_wrap_padding_then_valid(case, data_format
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", EXPLICIT, ids=_case_id)
+@pytest.mark.parametrize("case", EXPLICIT, ids=padding_case_id)
 def test_explicit_padding_equals_keras_zero_padding_layer_then_valid(case, data_format):
     """The same `padding` value means the same thing to ZeroPadding*D.
 
@@ -200,23 +150,13 @@ def test_explicit_padding_equals_keras_zero_padding_layer_then_valid(case, data_
 
 
 @pytest.mark.backends("jax")
-@pytest.mark.parametrize("case", EXPLICIT, ids=_case_id)
+@pytest.mark.parametrize("case", EXPLICIT, ids=padding_case_id)
 def test_explicit_padding_equals_jax_conv_general_dilated_local(case):
-    import jax
-
     spatial, channels, kernel_size, strides, dilation, padding, ref_padding = case
     x, kernel, _ = _random_problem(case, "channels_first")
     out = reference_output_shape(spatial, kernel_size, strides, dilation, ref_padding)
-    spec = "NC" + "DHW"[-len(spatial) :]
-    expected = jax.lax.conv_general_dilated_local(
-        x,
-        kernel.reshape(*out, kernel.shape[1], kernel.shape[2]),
-        window_strides=strides,
-        padding=ref_padding,
-        filter_shape=kernel_size,
-        rhs_dilation=dilation,
-        dimension_numbers=(spec, "DHW"[-len(spatial) :] + "IO", spec),
-        precision=jax.lax.Precision.HIGHEST,
+    expected = jax_local_conv(
+        x, kernel, out, kernel_size, strides, dilation, ref_padding
     )
     y = local_conv(
         x,
@@ -227,12 +167,12 @@ def test_explicit_padding_equals_jax_conv_general_dilated_local(case):
         dilation_rate=dilation,
         data_format="channels_first",
     )
-    np.testing.assert_allclose(to_numpy(y), np.asarray(expected), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(y), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.training
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CASES[::3], ids=_case_id)
+@pytest.mark.parametrize("case", CASES[::3], ids=padding_case_id)
 def test_gradients_through_circular_and_explicit_padding_match_reference(
     case, data_format
 ):
@@ -263,19 +203,9 @@ def test_gradients_through_circular_and_explicit_padding_match_reference(
             outputs * keras.ops.convert_to_tensor(cotangent, "float32")
         )
 
-    grad_x, grad_kernel = gradients(loss, x, kernel)
-    v, u = rng.normal(size=x.shape), rng.normal(size=kernel.shape)
-    np.testing.assert_allclose(
-        np.sum(grad_x * v),
-        np.sum(cotangent * reference_local_conv(v, kernel, **ref)),
-        rtol=1e-4,
-        atol=1e-3,
-    )
-    np.testing.assert_allclose(
-        np.sum(grad_kernel * u),
-        np.sum(cotangent * reference_local_conv(x, u, **ref)),
-        rtol=1e-4,
-        atol=1e-3,
+    grads = gradients(loss, x, kernel)
+    assert_gradients_equal_directional_derivatives(
+        grads, x, kernel, cotangent, reference_local_conv, ref, rng
     )
 
 
@@ -298,7 +228,7 @@ def test_gradients_through_circular_and_explicit_padding_match_reference(
     ],
 )
 def test_padding_is_normalised_to_a_name_or_before_after_pairs(rank, padding, expected):
-    layer = LAYERS[rank](2, 1, padding=padding)
+    layer = LOCALLY_CONNECTED[rank](2, 1, padding=padding)
     assert layer.padding == expected
     assert layer.get_config()["padding"] == expected
 
@@ -322,7 +252,7 @@ def test_bad_padding_is_a_value_error_quoting_it_and_saying_what_is_allowed(
     rank, padding, message
 ):
     with pytest.raises(ValueError, match=message):
-        LAYERS[rank](2, 1, padding=padding)
+        LOCALLY_CONNECTED[rank](2, 1, padding=padding)
     x = np.zeros((1, *(4,) * rank, 1), "float32")
     with pytest.raises(ValueError, match=message):
         local_conv(x, np.zeros((4**rank, 1, 1), "float32"), 1, padding=padding)
@@ -347,14 +277,14 @@ def test_kernel_shape_error_quotes_the_padding_received():
 @pytest.mark.parametrize(
     "case",
     [CASES[1], CASES[7], CASES[12], CASES[17], CASES[21], CASES[22]],
-    ids=_case_id,
+    ids=padding_case_id,
 )
 def test_layer_with_circular_or_explicit_padding_equals_reference_with_bias(
     case, data_format
 ):
     spatial, channels, kernel_size, strides, dilation, padding, ref_padding = case
     x, kernel, bias = _random_problem(case, data_format)
-    layer = LAYERS[len(spatial)](
+    layer = LOCALLY_CONNECTED[len(spatial)](
         kernel.shape[-1],
         kernel_size,
         strides=strides,

@@ -9,6 +9,7 @@ import pytest
 
 from keras_localconn import LocallyConnected1D, LocallyConnected2D
 from tests.autodiff import to_numpy
+from tests.helpers import batch_shape, random_array
 
 pytestmark = pytest.mark.backends("tensorflow")
 
@@ -50,12 +51,8 @@ def test_matches_tf_keras_implementation_1_given_the_same_weights(case, data_for
         data_format=data_format,
         activation="tanh",
     )
-    shape = (
-        (2, *spatial, channels)
-        if data_format == "channels_last"
-        else (2, channels, *spatial)
-    )
-    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    shape = batch_shape(2, spatial, channels, data_format)
+    x = random_array(shape)
 
     old = old_cls[rank](implementation=1, **kwargs)
     old.build(shape)

@@ -9,6 +9,12 @@ import pytest
 from keras_localconn import _shapes, _transpose
 from keras_localconn.ops import local_conv, local_conv_transpose
 from tests.autodiff import gradients, to_numpy
+from tests.helpers import (
+    CONV_TRANSPOSE,
+    assert_gradients_equal_directional_derivatives,
+    batch_shape,
+    geometry_id,
+)
 from tests.reference_transpose import (
     reference_local_conv_transpose,
     reference_transpose_length,
@@ -90,16 +96,10 @@ def _keras_marks(case):
 
 
 def _case_id(case):
-    spatial, channels, kernel, strides, dilation, padding, output_padding = case
-
-    def joined(values):
-        return "x".join(map(str, values))
-
-    extra = "" if output_padding is None else f"-op{joined(output_padding)}"
-    return (
-        f"in{joined(spatial)}c{channels}-k{joined(kernel)}-s{joined(strides)}"
-        f"-d{joined(dilation)}-{padding}{extra}"
-    )
+    *geometry, output_padding = case
+    if output_padding is None:
+        return geometry_id(*geometry)
+    return f"{geometry_id(*geometry)}-op{'x'.join(map(str, output_padding))}"
 
 
 def _arguments(case, data_format):
@@ -130,10 +130,8 @@ def _random_problem(case, data_format, batch=2, seed=0):
     """Inputs y and a kernel (P, K, C) for the transposed op."""
     spatial, channels, kernel_size, *_ = case
     rng = np.random.default_rng(seed)
-    shape = (batch, *spatial, channels)
-    if data_format == "channels_first":
-        shape = (batch, channels, *spatial)
-    y = rng.normal(size=shape).astype("float32")
+    y = rng.normal(size=batch_shape(batch, spatial, channels, data_format))
+    y = y.astype("float32")
     kernel = rng.normal(
         size=(math.prod(spatial), math.prod(kernel_size) * FILTERS, channels)
     ).astype("float32")
@@ -270,12 +268,7 @@ def test_equals_vector_jacobian_product_of_local_conv(case, data_format):
 
 def _conv_transpose_layer(case, data_format="channels_last", filters=FILTERS):
     spatial, channels, kernel_size, strides, dilation, padding, output_padding = case
-    layer = {
-        1: keras.layers.Conv1DTranspose,
-        2: keras.layers.Conv2DTranspose,
-        3: keras.layers.Conv3DTranspose,
-    }[len(spatial)]
-    return layer(
+    return CONV_TRANSPOSE[len(spatial)](
         filters,
         kernel_size,
         strides=strides,
@@ -294,9 +287,7 @@ def _conv_transpose_layer(case, data_format="channels_last", filters=FILTERS):
 def test_output_shape_equals_keras_conv_transpose(case, data_format):
     spatial, channels = case[0], case[1]
     layer = _conv_transpose_layer(case, data_format)
-    shape = (2, *spatial, channels)
-    if data_format == "channels_first":
-        shape = (2, channels, *spatial)
+    shape = batch_shape(2, spatial, channels, data_format)
     y, kernel = _random_problem(case, data_format)
     ours = local_conv_transpose(y, kernel, **_arguments(case, data_format))
     assert tuple(ours.shape) == tuple(layer.compute_output_shape(shape))
@@ -382,21 +373,16 @@ def test_gradients_equal_directional_derivatives_of_reference(case, data_format)
 
     grad_y, grad_kernel = gradients(loss, y, kernel)
     assert grad_y.shape == y.shape and grad_kernel.shape == kernel.shape
-    for _ in range(2):
-        v = rng.normal(size=y.shape)
-        u = rng.normal(size=kernel.shape)
-        np.testing.assert_allclose(
-            np.sum(grad_y * v),
-            np.sum(cotangent * reference_local_conv_transpose(v, kernel, **ref)),
-            rtol=1e-4,
-            atol=1e-3,
-        )
-        np.testing.assert_allclose(
-            np.sum(grad_kernel * u),
-            np.sum(cotangent * reference_local_conv_transpose(y, u, **ref)),
-            rtol=1e-4,
-            atol=1e-3,
-        )
+    assert_gradients_equal_directional_derivatives(
+        (grad_y, grad_kernel),
+        y,
+        kernel,
+        cotangent,
+        reference_local_conv_transpose,
+        ref,
+        rng,
+        directions=2,
+    )
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,291 @@
+"""What several test modules share: random data, the layer tables, the case
+grids of the forward op, their ids and random problems, and two assertions.
+
+Test modules import from here (and from the reference modules); none imports
+from another test module.
+"""
+
+import itertools
+import math
+
+import keras
+import numpy as np
+
+from keras_localconn import (
+    LocallyConnected1D,
+    LocallyConnected1DTranspose,
+    LocallyConnected2D,
+    LocallyConnected2DTranspose,
+    LocallyConnected3D,
+    LocallyConnected3DTranspose,
+)
+from tests.reference import reference_output_shape
+
+LOCALLY_CONNECTED = {
+    1: LocallyConnected1D,
+    2: LocallyConnected2D,
+    3: LocallyConnected3D,
+}
+LOCALLY_CONNECTED_TRANSPOSE = {
+    1: LocallyConnected1DTranspose,
+    2: LocallyConnected2DTranspose,
+    3: LocallyConnected3DTranspose,
+}
+CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
+CONV_TRANSPOSE = {
+    1: keras.layers.Conv1DTranspose,
+    2: keras.layers.Conv2DTranspose,
+    3: keras.layers.Conv3DTranspose,
+}
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+
+
+def random_array(shape, seed=0):
+    """Standard normal float32 values, the same for the same seed."""
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def randomize_weights(layer, seed=1):
+    """Sets every weight of a built layer to `random_array` values."""
+    layer.set_weights(
+        [random_array(w.shape, seed + i) for i, w in enumerate(layer.weights)]
+    )
+
+
+def batch_shape(batch, spatial, channels, data_format):
+    """The shape of a batch in `data_format` (`batch` may be None)."""
+    if data_format == "channels_last":
+        return (batch, *spatial, channels)
+    return (batch, channels, *spatial)
+
+
+_REGULARIZERS = ("kernel_regularizer", "bias_regularizer", "activity_regularizer")
+
+
+def layer_test_parameters(name, input_spatial, output_spatial, **init_kwargs):
+    """One named configuration of `TestCase.run_layer_test`, Keras' checks.
+
+    A batch of 2 with 2 channels in `init_kwargs`' data format goes in;
+    `output_spatial`, which the caller derives from a reference, comes out
+    with `init_kwargs["filters"]` channels. The layer holds a kernel and,
+    unless `use_bias=False`, a bias, all trainable, and adds one loss for
+    each regularizer in `init_kwargs`.
+    """
+    assert min(output_spatial) > 0, f"{name}: an empty output {output_spatial}"
+    data_format = init_kwargs.get("data_format", "channels_last")
+    return dict(
+        testcase_name=name,
+        init_kwargs=init_kwargs,
+        input_shape=batch_shape(2, input_spatial, 2, data_format),
+        expected_output_shape=batch_shape(
+            2, output_spatial, init_kwargs["filters"], data_format
+        ),
+        expected_num_trainable_weights=2 if init_kwargs.get("use_bias", True) else 1,
+        expected_num_non_trainable_weights=0,
+        expected_num_losses=sum(key in init_kwargs for key in _REGULARIZERS),
+        supports_masking=False,
+    )
+
+
+# --------------------------------------------------------------------------
+# The forward op's cases: named padding, and circular or explicit padding
+# --------------------------------------------------------------------------
+
+
+def _forward_cases():
+    """(spatial, channels, kernel_size, strides, dilation, padding, batch)."""
+    rank_grids = {
+        1: dict(
+            spatial=[(7,)],
+            kernel=[(3,), (2,)],
+            strides=[(1,), (2,), (3,)],
+            dilation=[(1,), (2,)],
+            padding=["valid", "same", "causal"],
+        ),
+        2: dict(
+            spatial=[(6, 5)],
+            kernel=[(3, 2)],
+            strides=[(1, 1), (2, 1), (2, 3)],
+            dilation=[(1, 1), (2, 1), (1, 2)],
+            padding=["valid", "same"],
+        ),
+        3: dict(
+            spatial=[(4, 5, 3)],
+            kernel=[(2, 3, 2)],
+            strides=[(1, 1, 1), (2, 1, 2)],
+            dilation=[(1, 1, 1), (1, 2, 1)],
+            padding=["valid", "same"],
+        ),
+    }
+    for grid in rank_grids.values():
+        for spatial, kernel, strides, dilation, padding in itertools.product(
+            grid["spatial"],
+            grid["kernel"],
+            grid["strides"],
+            grid["dilation"],
+            grid["padding"],
+        ):
+            if any(s > 1 and d > 1 for s, d in zip(strides, dilation)):
+                continue
+            yield spatial, 3, kernel, strides, dilation, padding, 2
+    # Edge shapes: kernel = input size, one channel, batch 1, odd strides.
+    yield (5,), 1, (5,), (1,), (1,), "valid", 1
+    yield (5, 4), 2, (5, 4), (1, 1), (1, 1), "valid", 1
+    yield (5, 4), 1, (5, 4), (1, 1), (1, 1), "same", 1
+    yield (1, 1), 4, (1, 1), (1, 1), (1, 1), "valid", 3
+    yield (9, 2), 1, (4, 1), (3, 2), (1, 1), "same", 1
+    yield (2, 3, 2), 1, (2, 3, 2), (1, 1, 1), (1, 1, 1), "valid", 1
+    yield (6,), 2, (4,), (1,), (2,), "causal", 1
+
+
+# (spatial, channels, kernel_size, strides, dilation, padding, batch), with
+# the padding Keras' Conv layers know: "valid", "same", "causal" (1D).
+FORWARD_CASES = list(_forward_cases())
+
+# (spatial, channels, kernel_size, strides, dilation, padding as the user
+# writes it, the same padding as the reference takes it: a name or pairs).
+PADDING_CASES = [
+    # 1D: every way of writing explicit padding, strides, dilation.
+    ((7,), 3, (3,), (1,), (1,), "circular", "circular"),
+    ((7,), 3, (3,), (2,), (1,), "circular", "circular"),
+    ((7,), 3, (2,), (3,), (1,), "circular", "circular"),
+    ((7,), 3, (3,), (1,), (2,), "CIRCULAR", "circular"),
+    ((7,), 3, (3,), (1,), (1,), 2, ((2, 2),)),
+    ((7,), 3, (3,), (2,), (1,), (1,), ((1, 1),)),
+    ((7,), 3, (2,), (1,), (2,), (0, 3), ((0, 3),)),  # ZeroPadding1D's pair
+    ((7,), 3, (3,), (3,), (1,), ((2, 1),), ((2, 1),)),
+    ((7,), 3, (3,), (1,), (1,), 0, ((0, 0),)),
+    # Circular pads wider than the axis wrap around more than once.
+    ((3,), 2, (5,), (1,), (2,), "circular", "circular"),
+    ((2,), 1, (4,), (1,), (1,), "circular", "circular"),
+    # 2D
+    ((6, 5), 3, (3, 2), (1, 1), (1, 1), "circular", "circular"),
+    ((6, 5), 3, (3, 2), (2, 3), (1, 1), "circular", "circular"),
+    ((6, 5), 3, (3, 2), (1, 1), (1, 2), "circular", "circular"),
+    ((6, 5), 3, (3, 2), (2, 1), (1, 2), "circular", "circular"),
+    ((6, 5), 3, (3, 2), (1, 1), (1, 1), 1, ((1, 1), (1, 1))),
+    ((6, 5), 3, (3, 2), (2, 3), (1, 1), (2, 0), ((2, 2), (0, 0))),
+    ((6, 5), 3, (3, 2), (1, 1), (2, 1), ((1, 2), (0, 3)), ((1, 2), (0, 3))),
+    ((2, 3), 1, (3, 3), (1, 1), (2, 1), "circular", "circular"),
+    # 3D
+    ((4, 5, 3), 2, (2, 3, 2), (1, 1, 1), (1, 1, 1), "circular", "circular"),
+    ((4, 5, 3), 2, (2, 3, 2), (2, 1, 2), (1, 1, 1), "circular", "circular"),
+    ((4, 5, 3), 2, (2, 3, 2), (1, 1, 1), (1, 2, 1), "circular", "circular"),
+    (
+        (4, 5, 3),
+        2,
+        (2, 3, 2),
+        (2, 1, 2),
+        (1, 1, 1),
+        (1, 0, 2),
+        ((1, 1), (0, 0), (2, 2)),
+    ),
+    (
+        (4, 5, 3),
+        2,
+        (2, 3, 2),
+        (1, 1, 1),
+        (1, 2, 1),
+        ((1, 0), (2, 1), (0, 1)),
+        ((1, 0), (2, 1), (0, 1)),
+    ),
+]
+
+
+def _joined(values):
+    return "x".join(map(str, values))
+
+
+def geometry_id(spatial, channels, kernel, strides, dilation, padding):
+    """The id of a case's first six entries, which every case grid shares."""
+    return (
+        f"in{_joined(spatial)}c{channels}-k{_joined(kernel)}"
+        f"-s{_joined(strides)}-d{_joined(dilation)}"
+        f"-{str(padding).replace(' ', '')}"
+    )
+
+
+def forward_case_id(case):
+    """A `FORWARD_CASES` entry as a test id."""
+    *geometry, batch = case
+    return f"{geometry_id(*geometry)}-b{batch}"
+
+
+def padding_case_id(case):
+    """A `PADDING_CASES` entry as a test id (the padding as the user wrote it)."""
+    *geometry, _ = case
+    return geometry_id(*geometry)
+
+
+def random_forward_problem(case, data_format, seed=0):
+    """Inputs x and a kernel (P, K, 4) for a `FORWARD_CASES` entry."""
+    spatial, channels, kernel_size, strides, dilation, padding, batch = case
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=batch_shape(batch, spatial, channels, data_format))
+    out = reference_output_shape(spatial, kernel_size, strides, dilation, padding)
+    filters = 4
+    kernel = rng.normal(
+        size=(math.prod(out), math.prod(kernel_size) * channels, filters)
+    )
+    return x.astype("float32"), kernel.astype("float32"), out, filters
+
+
+# --------------------------------------------------------------------------
+# Assertions
+# --------------------------------------------------------------------------
+
+
+def assert_gradients_equal_directional_derivatives(
+    grads, inputs, kernel, cotangent, reference, reference_kwargs, rng, directions=1
+):
+    """The ops are linear in `inputs` and in `kernel`.
+
+    For L = sum(cotangent * op(inputs, kernel)), the gradient's inner product
+    with any direction v is sum(cotangent * reference(v, kernel)), exactly;
+    checked on `directions` random directions for both arguments.
+    """
+    grad_inputs, grad_kernel = grads
+    for _ in range(directions):
+        v = rng.normal(size=inputs.shape)
+        u = rng.normal(size=kernel.shape)
+        np.testing.assert_allclose(
+            np.sum(grad_inputs * v),
+            np.sum(cotangent * reference(v, kernel, **reference_kwargs)),
+            rtol=1e-4,
+            atol=1e-3,
+        )
+        np.testing.assert_allclose(
+            np.sum(grad_kernel * u),
+            np.sum(cotangent * reference(inputs, u, **reference_kwargs)),
+            rtol=1e-4,
+            atol=1e-3,
+        )
+
+
+def jax_local_conv(x, kernel, out_shape, kernel_size, strides, dilation, padding):
+    """`jax.lax.conv_general_dilated_local` on channels_first `x`.
+
+    `kernel` is (P, K, F) in channels_first's K order (channel, offsets...),
+    which is jax's unfolded-kernel layout; `padding` is what jax takes: a
+    name in capitals or (before, after) pairs.
+    """
+    import jax
+
+    rank = len(kernel_size)
+    spec = "NC" + "DHW"[-rank:]
+    return np.asarray(
+        jax.lax.conv_general_dilated_local(
+            x,
+            kernel.reshape(*out_shape, kernel.shape[1], kernel.shape[2]),
+            window_strides=strides,
+            padding=padding,
+            filter_shape=kernel_size,
+            rhs_dilation=dilation,
+            dimension_numbers=(spec, "DHW"[-rank:] + "IO", spec),
+            precision=jax.lax.Precision.HIGHEST,
+        )
+    )
