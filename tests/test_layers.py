@@ -258,7 +258,7 @@ def test_call_on_other_spatial_shape_than_built_names_the_axis_and_sizes(
 
 
 def test_implementation_other_than_1_warns_once_per_call_site_and_changes_nothing():
-    x = _random((2, 6, 6, 3))
+    x = random_array((2, 6, 6, 3))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         layers = [LocallyConnected2D(4, 3, implementation=n) for n in (2, 2, 3)]
