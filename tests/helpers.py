@@ -1,5 +1,7 @@
-"""What several test modules share: random data, the layer tables, the case
-grids of the forward op, their ids and random problems, and two assertions.
+"""What several test modules share: random data, the layer tables,
+`run_layer_test`'s arguments, the case grids of the forward op with their ids
+and random problem, the gradient check and jax's local convolution as an
+oracle.
 
 Test modules import from here (and from the reference modules); none imports
 from another test module.

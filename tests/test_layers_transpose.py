@@ -401,8 +401,9 @@ LAYER_TESTS = {
 
 
 class KerasLayerContractTest(TestCase):
-    """Keras' own layer checks: shapes, weights, losses, serialization,
-    training and mixed precision, over a grid of configurations per rank."""
+    """Keras' own layer checks over a grid of configurations per rank: shapes,
+    weights, losses, serialization, training (not under numpy) and mixed
+    precision (not on torch's CPU: Keras leaves these out there)."""
 
     @parameterized.named_parameters(*LAYER_TESTS[1])
     def test_locally_connected_1d_transpose_meets_the_keras_layer_contract(
