@@ -16,7 +16,6 @@ are deselected without importing TensorFlow.
 
 import contextlib
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -24,26 +23,13 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from integration import data_parallel
+from integration.data_parallel import ROOT, TOLERANCE, max_difference
+
 SAMPLES = 16
 BATCH = 8  # global: each of the two replicas gets 4 per step
 EPOCHS = 2  # of 2 steps
 LEARNING_RATE = 1.0
-# Float32 sums regrouped across devices differ in the last bits only.
-TOLERANCE = 1e-5
-
-
-def _model():
-    """lc2d: kernel (16, 18, 4), bias (4, 4, 4); lc2dt (transposed, 16 input
-    positions): kernel (16, 18, 4), bias (6, 6, 2)."""
-    import keras
-
-    from keras_localconn import LocallyConnected2D, LocallyConnected2DTranspose
-
-    inputs = keras.Input((6, 6, 2))
-    x = LocallyConnected2D(4, 3, activation="tanh", name="lc2d")(inputs)
-    outputs = LocallyConnected2DTranspose(2, 3, name="lc2dt")(x)
-    return keras.Model(inputs, outputs, name="net")
 
 
 def _two_devices(tf):
@@ -76,17 +62,13 @@ def _child_main(out_dir):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((SAMPLES, 6, 6, 2)).astype("float32")
     y = rng.standard_normal((SAMPLES, 6, 6, 2)).astype("float32")
-    # From numpy, not Keras' initializers: both runs start from these weights.
-    paths_and_shapes = [(v.path, tuple(v.shape)) for v in _model().weights]
-    initial = [
-        (0.3 * rng.standard_normal(shape)).astype("float32")
-        for _, shape in paths_and_shapes
-    ]
+    paths_and_shapes = [(v.path, tuple(v.shape)) for v in data_parallel.model().weights]
+    initial = data_parallel.initial_weights([s for _, s in paths_and_shapes], rng)
 
     def run(strategy):
         keras.backend.clear_session()
         with strategy.scope() if strategy else contextlib.nullcontext():
-            model = _model()
+            model = data_parallel.model()
             model.set_weights(initial)
             model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss="mse")
         history = model.fit(
@@ -139,14 +121,8 @@ def _child_main(out_dir):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("mirrored")
-    env = dict(
-        os.environ,
-        KERAS_BACKEND="tensorflow",
-        # The child imports the keras_localconn this test imports.
-        PYTHONPATH=os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-        ),
-        TF_CPP_MIN_LOG_LEVEL="2",
+    env = data_parallel.child_environment(
+        KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2"
     )
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), str(out_dir)]
     completed = subprocess.run(
@@ -154,12 +130,6 @@ def report(tmp_path_factory):
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads((out_dir / "report.json").read_text())
-
-
-def _max_difference(a, b):
-    return max(
-        float(np.abs(np.asarray(a[path]) - np.asarray(b[path])).max()) for path in a
-    )
 
 
 @pytest.mark.backends("tensorflow")
@@ -180,7 +150,7 @@ def test_mirrored_strategy_keeps_a_copy_of_each_kernel_on_both_devices(report):
 def test_mirrored_fit_losses_weights_and_predictions_equal_one_device(report):
     single, mirrored = report["single_device"], report["mirrored"]
     # Training moved the weights, so the comparison below compares something.
-    assert _max_difference(single["weights"], report["initial_weights"]) > 1e-2
+    assert max_difference(single["weights"], report["initial_weights"]) > 1e-2
 
     assert len(mirrored["losses"]) == EPOCHS
     np.testing.assert_allclose(
@@ -210,7 +180,7 @@ def test_keras_file_saved_under_the_strategy_loads_outside_it_and_predicts_the_s
     assert reloaded["kernel_variable"] != "MirroredVariable"
     # The file holds the trained weights exactly; the forward pass on one
     # device may round differently from the mirrored one.
-    assert _max_difference(reloaded["weights"], mirrored["weights"]) == 0.0
+    assert max_difference(reloaded["weights"], mirrored["weights"]) == 0.0
     np.testing.assert_allclose(
         reloaded["predictions"], mirrored["predictions"], rtol=0, atol=TOLERANCE
     )

@@ -22,36 +22,13 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from integration import data_parallel
+from integration.data_parallel import ROOT, TOLERANCE, max_difference
+
 WORLD_SIZE = 2
 BATCH = 8  # the whole batch; each of the two replicas gets 4
 STEPS = 3
 LEARNING_RATE = 1.0
-# Float32 sums regrouped across processes differ in the last bits only.
-TOLERANCE = 1e-5
-
-
-def _model():
-    """lc2d: kernel (16, 18, 4), bias (4, 4, 4); lc2dt (transposed, 16 input
-    positions): kernel (16, 18, 4), bias (6, 6, 2)."""
-    import keras
-
-    from keras_localconn import LocallyConnected2D, LocallyConnected2DTranspose
-
-    inputs = keras.Input((6, 6, 2))
-    x = LocallyConnected2D(4, 3, activation="tanh", name="lc2d")(inputs)
-    outputs = LocallyConnected2DTranspose(2, 3, name="lc2dt")(x)
-    return keras.Model(inputs, outputs, name="net")
-
-
-def _initial_weights(model):
-    # From numpy, not Keras' initializers: every process starts from the same
-    # weights without relying on seeded backend RNGs.
-    rng = np.random.default_rng(1)
-    return [
-        (0.3 * rng.standard_normal(tuple(v.shape))).astype("float32")
-        for v in model.weights
-    ]
 
 
 def _data():
@@ -87,8 +64,10 @@ def _child_main(mode, out_dir):
 
     import keras
 
-    model = _model()
-    initial = _initial_weights(model)
+    model = data_parallel.model()
+    initial = data_parallel.initial_weights(
+        [tuple(v.shape) for v in model.weights], np.random.default_rng(1)
+    )
     model.set_weights(initial)
 
     module = model
@@ -163,16 +142,8 @@ def _run(command, env):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
-    env = dict(
-        os.environ,
-        KERAS_BACKEND="torch",
-        # The children import the keras_localconn this test imports.
-        PYTHONPATH=os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-        ),
-        # Two ranks on a 2-core CI machine: one thread each.
-        OMP_NUM_THREADS="1",
-    )
+    # Two ranks on a 2-core CI machine: one thread each.
+    env = data_parallel.child_environment(KERAS_BACKEND="torch", OMP_NUM_THREADS="1")
     interface = _loopback_interface()
     if interface:
         env["GLOO_SOCKET_IFNAME"] = interface
@@ -196,12 +167,6 @@ def runs(tmp_path_factory):
         "reference": load("reference_rank0.json"),
         "ranks": [load(f"ddp_rank{rank}.json") for rank in range(WORLD_SIZE)],
     }
-
-
-def _max_difference(a, b):
-    return max(
-        float(np.abs(np.asarray(a[path]) - np.asarray(b[path])).max()) for path in a
-    )
 
 
 @pytest.mark.backends("torch")
@@ -228,7 +193,7 @@ def test_two_ddp_ranks_train_keras_models_each_on_its_half_of_the_batch(runs):
 @pytest.mark.training
 def test_ddp_replicas_hold_the_same_weights_after_training(runs):
     rank0, rank1 = runs["ranks"]
-    assert _max_difference(rank0["weights"], rank1["weights"]) == 0.0
+    assert max_difference(rank0["weights"], rank1["weights"]) == 0.0
 
 
 @pytest.mark.backends("torch")
@@ -237,7 +202,7 @@ def test_ddp_losses_and_weights_equal_one_process_on_the_whole_batch(runs):
     reference, rank0 = runs["reference"], runs["ranks"][0]
     assert rank0["initial_weights"] == reference["initial_weights"]
     # Training moved the weights, so the comparison below compares something.
-    assert _max_difference(reference["weights"], reference["initial_weights"]) > 1e-2
+    assert max_difference(reference["weights"], reference["initial_weights"]) > 1e-2
 
     assert len(rank0["global_losses"]) == STEPS
     np.testing.assert_allclose(
