@@ -4,11 +4,15 @@ The shapes of `cases.CASES` are small enough that kernels and patches stay in
 cache. Real models are not: DeepFace's L4 alone has a 239 MB kernel. Here,
 in the process of one backend:
 
-- the machine's *limit* is measured, on that backend: the rate at which it
-  streams one large array from memory (the sum of an array the size of L4's
-  kernel) and its GEMM rate (one 2048 x 2048 float32 matmul). The limit of
-  a case is ``max(bytes that must move once / stream rate, FLOPs / GEMM
-  rate)``;
+- the rates the *limit* is made of are measured, on that backend and on
+  numpy, in the same interleaved rounds (`measure_rates`): the stream rate
+  (the sum of an array the size of L4's kernel, read once, and a copy of it,
+  ``a + 1``, read and written) and the GEMM rate (one 2048 x 2048 float32
+  matmul). The machine's rates are the best stream and the best GEMM rate
+  over every backend's run and numpy's (`best_rates`, which `report.py`
+  applies to all results files). The limit of a case is ``max(bytes that
+  must move once / stream rate, FLOPs / GEMM rate)``; this process prints
+  and stores its limits at this backend's own rates;
 - L4, L5 and L6 alone, at batch 1, 8 and 32: `model.predict_on_batch`;
 - the L4-L6 stack: inference at batch 8 and one training step (forward,
   backward, SGD update: `model.train_on_batch`) at batch 32, beside
@@ -65,9 +69,30 @@ def training_limit_ms(shapes, batch, rates):
     return _limit_ms(moved, 3 * sum(s.flops(batch) for s in shapes), rates)
 
 
+# The limit of each kind of step, by the name the results give it.
+LIMIT_MS = {"inference": forward_limit_ms, "training": training_limit_ms}
+
+
+def case_key(shape, batch):
+    """The results' key of `shape` alone at `batch`: ``"L4 b8"``."""
+    return f"{shape.name} b{batch}"
+
+
+def parse_case_key(key):
+    """``(shape, batch)`` of a `case_key` of one of `DEEPFACE_LAYERS`."""
+    name, batch = key.rsplit(" b", 1)
+    (shape,) = [s for s in DEEPFACE_LAYERS if s.name == name]
+    return shape, int(batch)
+
+
 # --------------------------------------------------------------------------
-# The limit, measured on this backend
+# The rates, measured on this backend and on numpy in the same process
 # --------------------------------------------------------------------------
+
+# The stream probes run over an array the size of L4's kernel; the GEMM
+# probe is one square float32 matmul of this size.
+STREAM_PROBE_BYTES = DEEPFACE_LAYERS[0].kernel_bytes()
+GEMM_PROBE_SIZE = 2048
 
 
 def _median_ms(fn, rounds):
@@ -75,24 +100,85 @@ def _median_ms(fn, rounds):
     return harness.median_ms(harness.interleaved_rounds({"fn": fn}, rounds)["fn"])
 
 
-def measure_rates(backend, rounds=9):
-    """Stream rate (bytes/s) and GEMM rate (FLOP/s) of this backend here."""
+def _backend_probes(backend, big, square):
+    """The probes on this backend, each run to completion: ``sum`` reads
+    `big` once, ``copy`` (``big + 1``) reads it and writes as much,
+    ``gemm`` is ``square @ square``."""
     from keras import ops
 
-    rng = np.random.default_rng(0)
-    big = ops.convert_to_tensor(
-        rng.standard_normal(DEEPFACE_LAYERS[0].kernel_bytes() // 4, dtype=np.float32)
-    )
-    square = ops.convert_to_tensor(rng.standard_normal((2048, 2048), dtype=np.float32))
+    big, square = ops.convert_to_tensor(big), ops.convert_to_tensor(square)
     total = harness.compiled(backend, lambda a: ops.sum(a))
+    copy = harness.compiled(backend, lambda a: ops.add(a, 1.0))
     product = harness.compiled(backend, lambda a: ops.matmul(a, a))
-    stream_ms = _median_ms(lambda: harness.block(backend, total(big)), rounds)
-    gemm_ms = _median_ms(lambda: harness.block(backend, product(square)), rounds)
     return {
-        "stream_bytes_per_s": DEEPFACE_LAYERS[0].kernel_bytes() / (stream_ms / 1e3),
-        "gemm_flops_per_s": 2 * 2048**3 / (gemm_ms / 1e3),
-        "stream_ms": stream_ms,
-        "gemm_ms": gemm_ms,
+        "sum": lambda: harness.block(backend, total(big)),
+        "copy": lambda: harness.block(backend, copy(big)),
+        "gemm": lambda: harness.block(backend, product(square)),
+    }
+
+
+def _numpy_probes(big, square):
+    """The same probes in numpy (the copy into a buffer allocated once)."""
+    out = np.empty_like(big)
+    return {
+        "sum": lambda: np.sum(big),
+        "copy": lambda: np.add(big, 1.0, out=out),
+        "gemm": lambda: np.matmul(square, square),
+    }
+
+
+def _rates(samples):
+    """Rates from the probes' samples: bytes/s of the sum (read once) and of
+    the copy (read + write), FLOP/s of the matmul, and their median ms."""
+    ms = {name: harness.median_ms(values) for name, values in samples.items()}
+    return {
+        "stream_bytes_per_s": STREAM_PROBE_BYTES / (ms["sum"] / 1e3),
+        "copy_bytes_per_s": 2 * STREAM_PROBE_BYTES / (ms["copy"] / 1e3),
+        "gemm_flops_per_s": 2 * GEMM_PROBE_SIZE**3 / (ms["gemm"] / 1e3),
+        "stream_ms": ms["sum"],
+        "copy_ms": ms["copy"],
+        "gemm_ms": ms["gemm"],
+    }
+
+
+def measure_rates(backend, rounds=9):
+    """``{"rates": ..., "numpy_rates": ...}``: the stream and GEMM rates of
+    this backend and of numpy here, every probe of both in the same
+    interleaved rounds."""
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal(STREAM_PROBE_BYTES // 4, dtype=np.float32)
+    square = rng.standard_normal((GEMM_PROBE_SIZE,) * 2, dtype=np.float32)
+    probes = {
+        **{("rates", n): p for n, p in _backend_probes(backend, big, square).items()},
+        **{("numpy_rates", n): p for n, p in _numpy_probes(big, square).items()},
+    }
+    samples = harness.interleaved_rounds(probes, rounds)
+    return {
+        key: _rates({n: v for (k, n), v in samples.items() if k == key})
+        for key in ("rates", "numpy_rates")
+    }
+
+
+def best_rates(rate_sets):
+    """The machine's rates: the fastest stream (sum or copy) and the fastest
+    GEMM of `rate_sets` (label -> a `measure_rates` dict), with the label and
+    probe that set each (``stream_from``, ``gemm_from``); {} if none."""
+    if not rate_sets:
+        return {}
+    stream, stream_from = max(
+        (rates[key], f"{label}, {probe}")
+        for label, rates in rate_sets.items()
+        for key, probe in (("stream_bytes_per_s", "sum"), ("copy_bytes_per_s", "copy"))
+        if key in rates
+    )
+    gemm, gemm_from = max(
+        (rates["gemm_flops_per_s"], label) for label, rates in rate_sets.items()
+    )
+    return {
+        "stream_bytes_per_s": stream,
+        "gemm_flops_per_s": gemm,
+        "stream_from": stream_from,
+        "gemm_from": gemm_from,
     }
 
 
@@ -197,7 +283,7 @@ def time_parts(backend, rates, rounds=7):
                 (shape.positions, batch, shape.patch_size), dtype=np.float32
             )
         )
-        parts[f"{shape.name} b{batch}"] = {
+        parts[case_key(shape, batch)] = {
             "gather_ms": _median_ms(
                 lambda x_rows=x_rows: harness.block(backend, gather(x_rows)), rounds
             ),
@@ -215,7 +301,8 @@ def time_parts(backend, rates, rounds=7):
 
 def time_models(backend, rounds=9, budget_s=20.0):
     """Every case of this module on this backend; a JSON-ready dict."""
-    rates = measure_rates(backend)
+    measured = measure_rates(backend)
+    rates = measured["rates"]
     forward = {}
     for shape in DEEPFACE_LAYERS:
         for batch in BATCHES:
@@ -225,7 +312,7 @@ def time_models(backend, rounds=9, budget_s=20.0):
                 {"ours": lambda m=model, x=x: m.predict_on_batch(x)}, rounds, budget_s
             )["ours"]
             limit = forward_limit_ms((shape,), batch, rates)
-            forward[f"{shape.name} b{batch}"] = {"ours_ms": ms, "limit_ms": limit}
+            forward[case_key(shape, batch)] = {"ours_ms": ms, "limit_ms": limit}
             print(f"    {shape.name} batch {batch}: {ms:.1f} ms, limit {limit:.1f} ms")
 
     stack = {}
@@ -262,7 +349,7 @@ def time_models(backend, rounds=9, budget_s=20.0):
     }
     print(f"    stack: {stack}")
     return {
-        "rates": rates,
+        **measured,
         "onednn": harness.onednn_enabled(backend),
         "forward": forward,
         "stack": stack,

@@ -3,22 +3,36 @@
 The prose lives in ``benchmarks/performance_template.md``; the generated
 tables replace its ``{{results}}`` line, so the page can be regenerated after
 any backend's run (``python -m benchmarks.run --report-only``).
+
+Every ratio to "the limit" is to the machine's limit: the best stream and
+GEMM rates of every run present (each backend's own and numpy's, measured in
+its process; `models.best_rates`), applied to each case's shapes
+(`models.forward_limit_ms`, `models.training_limit_ms`). The ratio to the
+backend's own limit, at its own rates, is kept beside it.
+
+    python -m benchmarks.report [--results DIR] [--docs DIR]
+
+rewrites the page from the results in DIR (default ``benchmarks/results``)
+into another docs folder (default ``docs``: the page, and its charts under
+``img/``), to check it against a trial run.
 """
 
+import argparse
 import json
 import math
 import pathlib
 
 from benchmarks import models
-from benchmarks.cases import CASES, CASES_BY_NAME
+from benchmarks.cases import CASES, CASES_BY_NAME, DEEPFACE_LAYERS
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
+DOCS = ROOT / "docs"
 TEMPLATE = HERE / "performance_template.md"
-PAGE = ROOT / "docs" / "performance.md"
-CHART = ROOT / "docs" / "img" / "performance.png"
-LIMIT_CHART = ROOT / "docs" / "img" / "performance_limit.png"
+PAGE = "performance.md"  # in the docs folder, its charts in img/
+CHART = "img/performance.png"
+LIMIT_CHART = "img/performance_limit.png"
 BACKENDS = ("tensorflow", "jax", "torch")
 TITLES = {
     "tensorflow": "TensorFlow",
@@ -28,10 +42,10 @@ TITLES = {
 }
 
 
-def load():
+def load(results_dir=RESULTS):
     results = {}
     for backend in BACKENDS:
-        path = RESULTS / f"{backend}.json"
+        path = results_dir / f"{backend}.json"
         if path.exists():
             results[backend] = json.loads(path.read_text())
     return results
@@ -132,18 +146,34 @@ def _speedup(anchor, ours, key):
     return _fmt_ratio(_ratio(anchor.get(key), ours[key]))
 
 
-def _case_limits(case, result):
-    """(forward, fwd+bwd) limits in ms of one of `cases.CASES`, or Nones."""
-    rates = result.get("models", {}).get("rates")
+def _limit_ms(mode, shapes, batch, rates):
+    """The limit in ms of an ``"inference"`` or ``"training"`` step of
+    `shapes` at `batch` under `rates`; None without rates."""
     if not rates:
-        return None, None
+        return None
+    return models.LIMIT_MS[mode](shapes, batch, rates)
+
+
+def _layer_limit_ms(key, rates):
+    """The forward limit of one DeepFace layer, by its `models.case_key`."""
+    shape, batch = models.parse_case_key(key)
+    return _limit_ms("inference", (shape,), batch, rates)
+
+
+def _stack_limit_ms(mode, entry, rates):
+    """The limit of the L4-L6 stack's `mode` entry (`models.time_models`)."""
+    return _limit_ms(mode, DEEPFACE_LAYERS, entry["batch"], rates)
+
+
+def _case_limits(case, rates):
+    """(forward, fwd+bwd) limits in ms of one of `cases.CASES`, or Nones."""
     return (
-        models.forward_limit_ms((case,), case.batch, rates),
-        models.training_limit_ms((case,), case.batch, rates),
+        _limit_ms("inference", (case,), case.batch, rates),
+        _limit_ms("training", (case,), case.batch, rates),
     )
 
 
-def summary_rows(backend, result):
+def summary_rows(backend, result, machine):
     """One row per shape: the ratios the targets are about."""
     rows = []
     for case in CASES:
@@ -171,7 +201,7 @@ def summary_rows(backend, result):
             missed.append("memory ≤ anchor")
         if case.name == "large" and o.get("build_s", 0) > 1.5:
             missed.append("build + first call < 1.5 s")
-        limits = _case_limits(case, result)
+        limits = _case_limits(case, machine)
         rows.append(
             f"| {TITLES[backend]} | {case.label} "
             f"| {_fmt_ratio(_ratio(o['forward_ms'], limits[0]))} "
@@ -189,7 +219,7 @@ def summary_rows(backend, result):
     return rows
 
 
-def summary(results):
+def summary(results, machine):
     lines = [
         "| backend | shape | ours ÷ limit, forward | ours ÷ limit, fwd+bwd "
         "| ours ÷ floor, forward | ours ÷ floor, fwd+bwd "
@@ -199,7 +229,7 @@ def summary(results):
         "|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|---|",
     ]
     for backend, result in results.items():
-        lines += summary_rows(backend, result)
+        lines += summary_rows(backend, result, machine)
     return "\n".join(lines)
 
 
@@ -213,112 +243,175 @@ def model_runs(results):
     return runs
 
 
-def rates_lines(runs):
+def rate_sets(runs):
+    """Label -> rates of every process in `runs`: the backend's own and, where
+    measured, numpy's in the same process."""
+    sets = {}
+    for key, run in runs.items():
+        if "rates" in run:
+            sets[TITLES[key]] = run["rates"]
+        if "numpy_rates" in run:
+            sets[f"numpy, in the {TITLES[key]} run"] = run["numpy_rates"]
+    return sets
+
+
+def machine_rates(results):
+    """The machine's rates: the best of every results file (`models.best_rates`)."""
+    return models.best_rates(rate_sets(model_runs(results)))
+
+
+def _gb_per_s(rates, key):
+    return f"{rates[key] / 1e9:.1f}" if key in rates else "–"
+
+
+def rates_lines(runs, machine):
+    """Every rate measured, and which of them set the machine's limit."""
     lines = [
-        "| backend | stream rate GB/s (sum of 239 MB) | GEMM rate GFLOP/s "
-        "(2048² matmul) |",
-        "|---|--:|--:|",
+        "| measured by | stream rate GB/s (sum of 239 MB) | stream rate GB/s "
+        "(copy of 239 MB, read + write) | GEMM rate GFLOP/s (2048² matmul) |",
+        "|---|--:|--:|--:|",
     ]
-    for backend, run in runs.items():
-        rates = run.get("rates")
-        if rates:
-            lines.append(
-                f"| {TITLES[backend]} | {rates['stream_bytes_per_s'] / 1e9:.1f} "
-                f"| {rates['gemm_flops_per_s'] / 1e9:.0f} |"
-            )
+    for label, rates in rate_sets(runs).items():
+        lines.append(
+            f"| {label} | {_gb_per_s(rates, 'stream_bytes_per_s')} "
+            f"| {_gb_per_s(rates, 'copy_bytes_per_s')} "
+            f"| {rates['gemm_flops_per_s'] / 1e9:.0f} |"
+        )
+    if machine:
+        lines += [
+            "",
+            f"The machine's limit: stream "
+            f"{machine['stream_bytes_per_s'] / 1e9:.1f} GB/s "
+            f"({machine['stream_from']}), GEMM "
+            f"{machine['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s "
+            f"({machine['gemm_from']}).",
+        ]
     return lines
 
 
-def models_section(results):
-    """DeepFace's layers: ours ÷ limit per backend and the spread between them."""
+def models_section(results, machine):
+    """DeepFace's layers: the rates, ours ÷ limit per backend and the spread
+    between backends, the stack beside tf.keras 2, and what bounds them."""
     runs = model_runs(results)
+    if not runs:
+        return []
+    return [
+        "### DeepFace's layers against the limit",
+        "",
+        *rates_lines(runs, machine),
+        *forward_lines(runs, machine),
+        *stack_lines(runs, machine),
+        *parts_lines(runs, machine),
+    ]
+
+
+def _spread(times):
+    """The slowest ÷ the fastest of the known `times`."""
+    known = [t for t in times if t]
+    return _fmt_ratio(max(known) / min(known)) if len(known) > 1 else "–"
+
+
+def forward_lines(runs, machine):
+    """Each layer alone: ms, ÷ limit and ÷ own limit per backend; the spread."""
+    runs = {k: r for k, r in runs.items() if "forward" in r}
     if not runs:
         return []
     keys = list(runs)
     installed = [k for k in keys if k in BACKENDS]
+    onednn = "tensorflow-onednn" in runs
     header = "| case | " + " | ".join(
-        f"{TITLES[k]} ms | {TITLES[k]} ÷ limit" for k in keys
+        f"{TITLES[k]} ms | {TITLES[k]} ÷ limit | {TITLES[k]} ÷ own limit" for k in keys
     )
     lines = [
-        "### DeepFace's layers against the limit",
         "",
-        *rates_lines(runs),
-        "",
-        "Forward (`model.predict_on_batch`), one layer at a time; the limit is "
-        "that backend's own. The spread is the slowest ÷ the fastest of the "
-        "three backends as installed"
+        "Forward (`model.predict_on_batch`), one layer at a time; *÷ limit* is "
+        "to the machine's limit, *÷ own limit* to the limit at that backend's "
+        "own rates. The spread is the slowest ÷ the fastest of the three "
+        "backends as installed"
         + (
             "; the last column puts TensorFlow with oneDNN in TensorFlow's place."
-            if "tensorflow-onednn" in runs
+            if onednn
             else "."
         ),
         "",
-        header
-        + " | spread |"
-        + (" spread, TF + oneDNN |" if "tensorflow-onednn" in runs else ""),
-        "|---|"
-        + "--:|--:|" * len(keys)
-        + "--:|"
-        + ("--:|" if "tensorflow-onednn" in runs else ""),
+        header + " | spread |" + (" spread, TF + oneDNN |" if onednn else ""),
+        "|---|" + "--:|--:|--:|" * len(keys) + "--:|" + ("--:|" if onednn else ""),
     ]
-
-    def spread(times):
-        known = [t for t in times if t]
-        return _fmt_ratio(max(known) / min(known)) if len(known) > 1 else "–"
-
     for case in runs[keys[0]]["forward"]:
         cells, times = [], {}
+        limit = _layer_limit_ms(case, machine)
         for k in keys:
-            entry = runs[k]["forward"].get(case, {})
-            times[k] = entry.get("ours_ms")
+            times[k] = runs[k]["forward"].get(case, {}).get("ours_ms")
+            own_limit = _layer_limit_ms(case, runs[k].get("rates"))
             cells.append(
-                f"{_fmt(times[k])} | "
-                f"{_fmt_ratio(_ratio(times[k], entry.get('limit_ms')))}"
+                f"{_fmt(times[k])} | {_fmt_ratio(_ratio(times[k], limit))} "
+                f"| {_fmt_ratio(_ratio(times[k], own_limit))}"
             )
         line = f"| {case} | " + " | ".join(cells)
-        line += f" | {spread([times[k] for k in installed])} |"
-        if "tensorflow-onednn" in runs:
+        line += f" | {_spread([times[k] for k in installed])} |"
+        if onednn:
             swapped = [
                 "tensorflow-onednn" if k == "tensorflow" else k for k in installed
             ]
-            line += f" {spread([times[k] for k in swapped])} |"
+            line += f" {_spread([times[k] for k in swapped])} |"
         lines.append(line)
-    lines += [
+    return lines
+
+
+def _versus_keras2_cells(entry, limit, own_limit):
+    """ours ms | ÷ limit | ÷ own limit | tf.keras 2 ms | tf.keras 2 ÷ ours."""
+    ours, keras2 = entry.get("ours_ms"), entry.get("keras2_ms")
+    return (
+        f"{_fmt(ours)} | {_fmt_ratio(_ratio(ours, limit))} "
+        f"| {_fmt_ratio(_ratio(ours, own_limit))} "
+        f"| {_fmt(keras2)} | {_fmt_ratio(_ratio(keras2, ours))}"
+    )
+
+
+def _stack_memory_cell(run):
+    """Peak MB of the batch-32 training step: ours / tf.keras 2 (kernels)."""
+    memory = run.get("training_memory", {})
+    ours = memory.get("ours", {})
+    if "step_peak_mb" not in ours:
+        return "–"
+    keras2 = memory.get("tf.keras 2 implementation=1", {})
+    return (
+        f"{_fmt(ours['step_peak_mb'])} / {_fmt(keras2.get('step_peak_mb'))} "
+        f"({_fmt(ours['kernels_mb'])})"
+    )
+
+
+def stack_lines(runs, machine):
+    """The L4-L6 stack beside tf.keras 2, and the training step's memory."""
+    runs = {k: r for k, r in runs.items() if "stack" in r}
+    if not runs:
+        return []
+    lines = [
         "",
         "The L4–L6 stack beside tf.keras 2 (`implementation=1`), in the same "
         "process; peak memory of the batch-32 training step in a fresh process "
         "each.",
         "",
-        "| backend | case | ours ms | ours ÷ limit | tf.keras 2 ms "
-        "| tf.keras 2 ÷ ours | step peak MB, ours / tf.keras 2 (kernels) |",
-        "|---|---|--:|--:|--:|--:|--:|",
+        "| backend | case | ours ms | ours ÷ limit | ours ÷ own limit "
+        "| tf.keras 2 ms | tf.keras 2 ÷ ours "
+        "| step peak MB, ours / tf.keras 2 (kernels) |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
-    for k in keys:
-        stack = runs[k]["stack"]
-        memory = runs[k].get("training_memory", {})
-        ours_mem = memory.get("ours", {})
-        keras2_mem = memory.get("tf.keras 2 implementation=1", {})
-        for case_name, entry in stack.items():
-            mem = "–"
-            if case_name == "training" and "step_peak_mb" in ours_mem:
-                mem = (
-                    f"{_fmt(ours_mem['step_peak_mb'])} / "
-                    f"{_fmt(keras2_mem.get('step_peak_mb'))} "
-                    f"({_fmt(ours_mem['kernels_mb'])})"
-                )
-            lines.append(
-                f"| {TITLES[k]} | {case_name}, batch {entry['batch']} "
-                f"| {_fmt(entry['ours_ms'])} "
-                f"| {_fmt_ratio(_ratio(entry['ours_ms'], entry['limit_ms']))} "
-                f"| {_fmt(entry['keras2_ms'])} "
-                f"| {_fmt_ratio(_ratio(entry['keras2_ms'], entry['ours_ms']))} "
-                f"| {mem} |"
+    for k, run in runs.items():
+        for mode, entry in run["stack"].items():
+            limits = (
+                _stack_limit_ms(mode, entry, rates)
+                for rates in (machine, run.get("rates"))
             )
-    lines += parts_lines(runs)
+            memory = _stack_memory_cell(run) if mode == "training" else "–"
+            lines.append(
+                f"| {TITLES[k]} | {mode}, batch {entry['batch']} "
+                f"| {_versus_keras2_cells(entry, *limits)} | {memory} |"
+            )
     return lines
 
 
-def parts_lines(runs):
+def parts_lines(runs, machine):
     """What bounds the cases: Keras' per-call cost, L4's two steps alone."""
     with_parts = {k: r["parts"] for k, r in runs.items() if "parts" in r}
     if not with_parts:
@@ -339,8 +432,8 @@ def parts_lines(runs):
         for case, entry in parts.items():
             if case == "dispatch_ms":
                 continue
-            ours = runs[k]["forward"].get(case, {}).get("ours_ms")
-            limit = entry["limit_ms"]
+            ours = runs[k].get("forward", {}).get(case, {}).get("ours_ms")
+            limit = _layer_limit_ms(case, machine)
             lines.append(
                 f"| {TITLES[k]} | {_fmt(parts['dispatch_ms'])} | {case} "
                 f"| {_fmt_ratio(_ratio(ours, limit))} "
@@ -350,11 +443,11 @@ def parts_lines(runs):
     return lines
 
 
-def transpose_section():
+def transpose_section(results_dir):
     """The transposed layers (`benchmarks/transpose.py`), where it has run."""
     runs = {}
     for backend in BACKENDS:
-        path = RESULTS / f"transpose_{backend}.json"
+        path = results_dir / f"transpose_{backend}.json"
         if path.exists():
             runs[backend] = json.loads(path.read_text())
     if not runs:
@@ -395,44 +488,50 @@ def transpose_section():
     return lines
 
 
-def limit_chart(results):
+def limit_chart(results, machine, path):
+    """Ours ÷ the machine's limit: each DeepFace layer alone and the stack."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with_models = model_runs(results)
-    if not with_models:
+    with_models = {
+        k: r for k, r in model_runs(results).items() if "forward" in r and "stack" in r
+    }
+    if not with_models or not machine:
         return
-    cases = list(next(iter(with_models.values()))["forward"])
-    cases += ["stack inference b8", "stack training b32"]
+    first = next(iter(with_models.values()))
+    cases = [(key, None) for key in first["forward"]]
+    cases += [
+        (f"stack {mode} b{e['batch']}", mode) for mode, e in first["stack"].items()
+    ]
     fig, ax = plt.subplots(figsize=(11, 4.2))
     width = 0.8 / len(with_models)
     for k, (backend, data) in enumerate(with_models.items()):
         ys = []
-        for case in cases:
-            if case.startswith("stack"):
-                entry = data["stack"][
-                    "inference" if "inference" in case else "training"
-                ]
+        for case, mode in cases:
+            if mode:
+                entry = data["stack"][mode]
+                limit = _stack_limit_ms(mode, entry, machine)
             else:
                 entry = data["forward"][case]
-            ys.append(entry["ours_ms"] / entry["limit_ms"])
+                limit = _layer_limit_ms(case, machine)
+            ys.append(entry["ours_ms"] / limit)
         xs = [j + (k - (len(with_models) - 1) / 2) * width for j in range(len(cases))]
         ax.bar(xs, ys, width, label=TITLES[backend])
     ax.axhline(1.0, color="black", lw=1, ls="--", label="limit")
     ax.axhline(1.5, color="grey", lw=1, ls=":", label="target: 1.5 × limit")
     ax.set_yscale("log")
     ax.set_xticks(range(len(cases)))
-    ax.set_xticklabels([c.replace(" ", "\n") for c in cases], fontsize=8)
+    ax.set_xticklabels([c.replace(" ", "\n") for c, _ in cases], fontsize=8)
     ax.set_title("DeepFace's layers: time ÷ the machine's limit (log)", fontsize=10)
     ax.legend(fontsize=8, ncol=3, loc="upper left")
     fig.tight_layout()
-    fig.savefig(LIMIT_CHART, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def chart(results):
+def chart(results, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -476,29 +575,29 @@ def chart(results):
         ax.set_title(f"{TITLES[backend]}: fwd+bwd time ÷ floor (log)", fontsize=10)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.tight_layout()
-    CHART.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(CHART, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_page():
-    results = load()
+def write_page(results_dir=RESULTS, docs_dir=DOCS):
+    """The page and its charts in `docs_dir`, from the results in `results_dir`."""
+    results = load(results_dir)
     if not results:
         return
+    machine = machine_rates(results)
     sections = [
         "## Summary",
         "",
-        summary(results),
+        summary(results, machine),
         "",
-        "![forward+backward time relative to the matmul floor, per backend]"
-        "(img/performance.png)",
+        f"![forward+backward time relative to the matmul floor, per backend]({CHART})",
         "",
-        *models_section(results),
+        *models_section(results, machine),
         "",
         "![DeepFace's layers: time relative to the machine's limit, per backend]"
-        "(img/performance_limit.png)",
+        f"({LIMIT_CHART})",
         "",
-        *transpose_section(),
+        *transpose_section(results_dir),
         "",
         "## All measurements",
         "",
@@ -506,14 +605,24 @@ def write_page():
     for backend, result in results.items():
         sections += [backend_section(backend, result), ""]
     text = TEMPLATE.read_text().replace("{{results}}", "\n".join(sections).strip())
-    PAGE.write_text(text)
+    page = docs_dir / PAGE
+    (docs_dir / CHART).parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(text)
     try:
-        chart(results)
-        limit_chart(results)
+        chart(results, docs_dir / CHART)
+        limit_chart(results, machine, docs_dir / LIMIT_CHART)
     except ImportError:
         print("matplotlib is not installed: the chart was not redrawn")
-    print(f"wrote {PAGE} and {CHART}")
+    print(f"wrote {page} and its charts")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=pathlib.Path, default=RESULTS)
+    parser.add_argument("--docs", type=pathlib.Path, default=DOCS)
+    args = parser.parse_args()
+    write_page(args.results, args.docs)
 
 
 if __name__ == "__main__":
-    write_page()
+    main()

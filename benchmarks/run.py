@@ -13,14 +13,18 @@ Results go to ``benchmarks/results/<backend>.json``; then the performance page
 (``docs/performance.md`` and ``docs/img/performance.png``) is rewritten from
 every results file present, so running the backends one by one fills it in.
 
-After those shapes, ``models.py`` times DeepFace's locally connected layers
-against the machine's limit measured in the same process (``--no-models``
-skips it). On TensorFlow, where oneDNN is off by default, they are timed a
-second time in a fresh process with ``TF_ENABLE_ONEDNN_OPTS=1``.
+After those shapes, ``models.py`` measures the stream and GEMM rates of this
+backend and of numpy, and times DeepFace's locally connected layers against
+the limit they set (``--no-models`` skips it); the page holds them against
+the machine's limit, the best rates of every backend's run. On TensorFlow,
+where oneDNN is off by default, they are timed a second time in a fresh
+process with ``TF_ENABLE_ONEDNN_OPTS=1``.
 
 Options: ``--cases a,b`` and ``--impls substring`` restrict what runs;
 ``--budget SECONDS`` is the timing budget per shape and mode; ``--no-memory``
-skips the subprocesses; ``--report-only`` only rewrites the page.
+skips the subprocesses; ``--report-only`` only rewrites the page;
+``--results DIR`` and ``--docs DIR`` put the results and the page elsewhere
+(a trial run), ``--no-save`` writes neither.
 """
 
 import argparse
@@ -235,6 +239,12 @@ def main():
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--results", type=pathlib.Path, default=RESULTS, help="where results go"
+    )
+    parser.add_argument(
+        "--docs", type=pathlib.Path, default=report.DOCS, help="where the page goes"
+    )
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -246,7 +256,7 @@ def main():
         print(json.dumps(models.time_models(harness.backend())))
         return
     if args.report_only:
-        report.write_page()
+        report.write_page(args.results, args.docs)
         return
 
     backend = harness.backend()
@@ -297,9 +307,9 @@ def main():
     print(f"[{backend}] done in {results['wall_s']:.0f} s", flush=True)
     if args.no_save:
         return
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{backend}.json").write_text(json.dumps(results, indent=1) + "\n")
-    report.write_page()
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{backend}.json").write_text(json.dumps(results, indent=1) + "\n")
+    report.write_page(args.results, args.docs)
 
 
 if __name__ == "__main__":
