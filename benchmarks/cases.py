@@ -3,6 +3,9 @@
 - `CASES` (`run.py`): four small layers whose kernels stay in cache;
 - `DEEPFACE_LAYERS` (`models.py`): DeepFace's locally connected L4, L5 and
   L6, whose kernels do not (L4's is 239 MB);
+- `REGIMES` (`models.py`): layers of other fields, each a regime DeepFace's
+  do not cover: 3D fields with few filters (patches far larger than the
+  kernel), a long 1D sequence, a strided 2D layer with many filters;
 - `TRANSPOSE_CASES` (`transpose.py`): the inputs of the transposed layers.
 """
 
@@ -30,6 +33,8 @@ class ConvShape:
     short: str = ""  # for the chart's axis
     # Build + first call is reported for these (the 32x32 and 128x128 inputs).
     report_build: bool = False
+    # Why tf.keras 2 is not timed beside this shape (`REGIMES`); "" if it is.
+    keras2_skipped: str = ""
 
     @property
     def rank(self):
@@ -133,6 +138,58 @@ DEEPFACE_LAYERS = (
     ConvShape("L5", (None, 55, 55, 16), (7, 7), (2, 2), 16),
     ConvShape("L6", (None, 25, 25, 16), (5, 5), (1, 1), 16),
 )
+
+_NO_KERAS2_3D = "tf.keras 2 has no LocallyConnected3D"
+
+REGIMES = (
+    # A 3D field as in ocean and weather emulators: a 48 MB kernel, patches
+    # 27x the input and 4x the kernel (batch / filters), bound by memory.
+    ConvShape(
+        "field3d",
+        (8, 24, 48, 48, 4),
+        (3, 3, 3),
+        (1, 1, 1),
+        2,
+        padding="same",
+        label="3D (8,24,48,48,4) 3×3×3 2f same",
+        keras2_skipped=_NO_KERAS2_3D,
+    ),
+    # A second point of that regime: one filter, two channels, a 7 MB kernel.
+    ConvShape(
+        "field3d_1f",
+        (4, 32, 32, 32, 2),
+        (3, 3, 3),
+        (1, 1, 1),
+        1,
+        padding="same",
+        label="3D (4,32,32,32,2) 3×3×3 1f same",
+        keras2_skipped=_NO_KERAS2_3D,
+    ),
+    # A long sequence (genomics): 3 990 positions, FLOP-bound at batch 256.
+    ConvShape(
+        "genomics1d",
+        (256, 4000, 4),
+        (11,),
+        (1,),
+        32,
+        label="1D (256,4000,4) k11 32f",
+        keras2_skipped="its graph holds one slice per output position (3 990): "
+        "building it, the first predict_on_batch and the first train_on_batch "
+        "took 10 + 56 + 56 s here, more than this whole part's budget",
+    ),
+    # Strided 2D with many filters: a 142 MB kernel, patches a quarter of
+    # it, FLOP-bound at batch 32.
+    ConvShape(
+        "strided2d",
+        (32, 64, 64, 32),
+        (3, 3),
+        (2, 2),
+        128,
+        label="2D (32,64,64,32) 3×3 s2 128f",
+    ),
+)
+
+REGIMES_BY_NAME = {case.name: case for case in REGIMES}
 
 TRANSPOSE_CASES = (
     # The decoder half of a stride-2 encoder: 16x16 -> 32x32.

@@ -24,7 +24,19 @@ in the process of one backend:
   cost of one `predict_on_batch` call (an Identity model), and for L4 at
   batch 8 and 32 the two steps of the computation on this backend: building
   the patches (a gather of input rows) and contracting pre-built patches
-  with the kernel (one batched matmul, ``(P, B, K) @ (P, K, F)``).
+  with the kernel (one batched matmul, ``(P, B, K) @ (P, K, F)``);
+- other fields' regimes (`time_regimes`, `cases.REGIMES`: 3D fields with
+  few filters, a long 1D sequence, a strided 2D layer with many filters),
+  each alone at its batch: `model.predict_on_batch` and one
+  `model.train_on_batch` step of a one-layer model, beside tf.keras 2's
+  ``implementation=1`` where it exists and builds in reasonable time (the
+  case says why not);
+- the chunk-size curve (`time_chunk_curve`), the evidence behind the
+  engine's chunk size: the engine's forward pass of L4, L5 and L6 at batch
+  1, 8 and 32, compiled (`harness.compiled`), in the formulation the engine
+  picks (`_schedule.formulation`) but for its chunk, over positions per
+  chunk doubling from `CURVE_FIRST_CHUNK`, the chunks that divide the
+  positions, and all positions at once; with the chunk the engine picks.
 
 On TensorFlow, `run.py` times this module a second time in a fresh process
 with ``TF_ENABLE_ONEDNN_OPTS=1``: TensorFlow turns oneDNN off by default on
@@ -32,12 +44,13 @@ CPUs without AVX-512 (this machine), and its batched matmul then runs on
 Eigen.
 """
 
+import functools
 import math
 
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.cases import DEEPFACE_LAYERS
+from benchmarks.cases import DEEPFACE_LAYERS, REGIMES
 
 BATCHES = (1, 8, 32)
 STACK_INFERENCE_BATCH = 8
@@ -187,36 +200,40 @@ def best_rates(rate_sets):
 # --------------------------------------------------------------------------
 
 
-def _keras3_model(shapes, seed=0):
-    import keras
-
-    from keras_localconn import LocallyConnected2D
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shapes[0].input_shape[1:])
+def _compiled_model(keras_module, layers_module, shapes, seed, **layer_kwargs):
+    """`shapes` stacked as `layers_module`'s ``LocallyConnected{rank}D``
+    layers in a `keras_module` model, compiled with SGD and an mse loss."""
+    keras_module.utils.set_random_seed(seed)
+    inputs = keras_module.Input(shapes[0].input_shape[1:])
     x = inputs
     for shape in shapes:
-        x = LocallyConnected2D(shape.filters, shape.kernel_size, strides=shape.strides)(
-            x
-        )
-    model = keras.Model(inputs, x)
-    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
+        layer = getattr(layers_module, f"LocallyConnected{shape.rank}D")
+        x = layer(
+            shape.filters,
+            shape.kernel_size,
+            strides=shape.strides,
+            padding=shape.padding,
+            **layer_kwargs,
+        )(x)
+    model = keras_module.Model(inputs, x)
+    model.compile(optimizer=keras_module.optimizers.SGD(1e-4), loss="mse")
     return model
+
+
+def _keras3_model(shapes, seed=0):
+    """`shapes` as this package's layers, in a Keras 3 model."""
+    import keras
+
+    import keras_localconn
+
+    return _compiled_model(keras, keras_localconn, shapes, seed)
 
 
 def _keras2_model(shapes, seed=0):
+    """`shapes` as tf.keras 2's layers with ``implementation=1``."""
     import tf_keras
 
-    tf_keras.utils.set_random_seed(seed)
-    inputs = tf_keras.Input(shapes[0].input_shape[1:])
-    x = inputs
-    for shape in shapes:
-        x = tf_keras.layers.LocallyConnected2D(
-            shape.filters, shape.kernel_size, strides=shape.strides, implementation=1
-        )(x)
-    model = tf_keras.Model(inputs, x)
-    model.compile(optimizer=tf_keras.optimizers.SGD(1e-4), loss="mse")
-    return model
+    return _compiled_model(tf_keras, tf_keras.layers, shapes, seed, implementation=1)
 
 
 MODEL_BUILDERS = {"ours": _keras3_model, "tf.keras 2 implementation=1": _keras2_model}
@@ -237,6 +254,32 @@ def _interleaved(steps, rounds, budget_s):
     at least 3 rounds, then up to `rounds` while `budget_s` lasts."""
     samples = harness.interleaved_rounds(steps, rounds, budget_s, min_rounds=3)
     return {name: harness.median_ms(v) for name, v in samples.items()}
+
+
+# One step of a compiled model on inputs `x` and targets `y`, by the name the
+# results give it.
+_STEPS = {
+    "inference": lambda model, x, y: model.predict_on_batch(x),
+    "training": lambda model, x, y: model.train_on_batch(x, y),
+}
+
+
+def _side_by_side(models, shapes, batch, mode, rates, rounds, budget_s):
+    """`mode` (a key of `_STEPS`) of each named model of `shapes` at `batch`,
+    interleaved (`_interleaved`): ``{"batch", "<name>_ms", ..., "limit_ms"}``,
+    the limit at `rates`."""
+    x, y = _inputs_and_targets(shapes, batch)
+    step = _STEPS[mode]
+    ms = _interleaved(
+        {name: functools.partial(step, model, x, y) for name, model in models.items()},
+        rounds,
+        budget_s,
+    )
+    return {
+        "batch": batch,
+        **{f"{name}_ms": value for name, value in ms.items()},
+        "limit_ms": LIMIT_MS[mode](shapes, batch, rates),
+    }
 
 
 def _patch_rows(shape):
@@ -300,52 +343,34 @@ def time_parts(backend, rates, rounds=7):
 
 
 def time_models(backend, rounds=9, budget_s=20.0):
-    """Every case of this module on this backend; a JSON-ready dict."""
+    """The rates and DeepFace's layers on this backend; a JSON-ready dict."""
     measured = measure_rates(backend)
     rates = measured["rates"]
     forward = {}
     for shape in DEEPFACE_LAYERS:
         for batch in BATCHES:
-            model = _keras3_model((shape,))
-            x, _ = _inputs_and_targets((shape,), batch)
-            ms = _interleaved(
-                {"ours": lambda m=model, x=x: m.predict_on_batch(x)}, rounds, budget_s
-            )["ours"]
-            limit = forward_limit_ms((shape,), batch, rates)
-            forward[case_key(shape, batch)] = {"ours_ms": ms, "limit_ms": limit}
-            print(f"    {shape.name} batch {batch}: {ms:.1f} ms, limit {limit:.1f} ms")
-
-    stack = {}
-    ours, keras2 = _keras3_model(DEEPFACE_LAYERS), _keras2_model(DEEPFACE_LAYERS)
-    x, _ = _inputs_and_targets(DEEPFACE_LAYERS, STACK_INFERENCE_BATCH)
-    inference = _interleaved(
-        {
-            "ours": lambda: ours.predict_on_batch(x),
-            "keras2": lambda: keras2.predict_on_batch(x),
-        },
-        rounds,
-        budget_s,
-    )
-    stack["inference"] = {
-        "batch": STACK_INFERENCE_BATCH,
-        "ours_ms": inference["ours"],
-        "keras2_ms": inference["keras2"],
-        "limit_ms": forward_limit_ms(DEEPFACE_LAYERS, STACK_INFERENCE_BATCH, rates),
+            # A model per batch: Keras on TensorFlow retraces a model called
+            # at several batch sizes for any batch, and the engine then
+            # schedules for an assumed one.
+            model = {"ours": _keras3_model((shape,))}
+            entry = _side_by_side(
+                model, (shape,), batch, "inference", rates, rounds, budget_s
+            )
+            forward[case_key(shape, batch)] = entry
+            print(
+                f"    {shape.name} batch {batch}: {entry['ours_ms']:.1f} ms, "
+                f"limit {entry['limit_ms']:.1f} ms"
+            )
+    both = {
+        "ours": _keras3_model(DEEPFACE_LAYERS),
+        "keras2": _keras2_model(DEEPFACE_LAYERS),
     }
-    x, y = _inputs_and_targets(DEEPFACE_LAYERS, STACK_TRAINING_BATCH)
-    training = _interleaved(
-        {
-            "ours": lambda: ours.train_on_batch(x, y),
-            "keras2": lambda: keras2.train_on_batch(x, y),
-        },
-        rounds,
-        budget_s,
-    )
-    stack["training"] = {
-        "batch": STACK_TRAINING_BATCH,
-        "ours_ms": training["ours"],
-        "keras2_ms": training["keras2"],
-        "limit_ms": training_limit_ms(DEEPFACE_LAYERS, STACK_TRAINING_BATCH, rates),
+    stack = {
+        mode: _side_by_side(both, DEEPFACE_LAYERS, batch, mode, rates, rounds, budget_s)
+        for mode, batch in (
+            ("inference", STACK_INFERENCE_BATCH),
+            ("training", STACK_TRAINING_BATCH),
+        )
     }
     print(f"    stack: {stack}")
     return {
@@ -355,6 +380,194 @@ def time_models(backend, rounds=9, budget_s=20.0):
         "stack": stack,
         "parts": time_parts(backend, rates),
     }
+
+
+# --------------------------------------------------------------------------
+# Other fields' regimes
+# --------------------------------------------------------------------------
+
+# Rounds per step and seconds per step group (one case, inference or
+# training), after two warm-up calls and at least 3 rounds. All of `REGIMES`
+# took 40-50 s per backend on 2 shared cores (builds and compilations
+# included), well inside the 5 minutes this part may take; tf.keras 2 where
+# it would take minutes to build is left out (`ConvShape.keras2_skipped`).
+REGIME_ROUNDS = 9
+REGIME_BUDGET_S = 15.0
+
+
+def time_regimes(rates, shapes=REGIMES, rounds=REGIME_ROUNDS, budget_s=REGIME_BUDGET_S):
+    """Each of `shapes` alone at its batch: inference and one training step,
+    beside tf.keras 2 where it is timed; a JSON-ready dict by case name."""
+    timed = {}
+    for shape in shapes:
+        models = {"ours": _keras3_model((shape,))}
+        if not shape.keras2_skipped:
+            models["keras2"] = _keras2_model((shape,))
+        entry = {
+            mode: _side_by_side(
+                models, (shape,), shape.batch, mode, rates, rounds, budget_s
+            )
+            for mode in _STEPS
+        }
+        if shape.keras2_skipped:
+            entry["keras2_skipped"] = shape.keras2_skipped
+        timed[shape.name] = entry
+        print(f"    {shape.name}: {entry}", flush=True)
+    return timed
+
+
+# --------------------------------------------------------------------------
+# The chunk-size curve: the engine's forward pass per chunk size
+# --------------------------------------------------------------------------
+
+CURVE_BATCHES = BATCHES
+# The smallest chunk timed, in output positions; each next one doubles.
+CURVE_FIRST_CHUNK = 4
+# The most chunks per call timed: smaller chunks are left out. Under torch an
+# eager Python loop over L4's 757 chunks of 4 positions took 3-7 s a call
+# here (its per-chunk overhead), more than the rest of its curve together.
+CURVE_MAX_CHUNKS = 256
+# Rounds per chunk size and seconds per (layer, batch), after two warm-up
+# calls and at least 3 rounds. The whole curve (L4-L6 at batch 1, 8 and 32)
+# took about 2.5 min under torch on 2 cores shared with other work (load
+# average 5), jax and TensorFlow 1.5-2.5 min, compilations included: inside
+# the 3-4 minutes this part may take.
+CURVE_ROUNDS = 9
+CURVE_BUDGET_S = 10.0
+
+
+def _smallest_chunk(positions):
+    """`CURVE_FIRST_CHUNK`, or more where it would take over
+    `CURVE_MAX_CHUNKS` chunks."""
+    return max(CURVE_FIRST_CHUNK, -(-positions // CURVE_MAX_CHUNKS))
+
+
+def geometric_chunks(positions):
+    """`CURVE_FIRST_CHUNK`, doubled while under `positions`, from
+    `_smallest_chunk` on."""
+    chunks = []
+    chunk = CURVE_FIRST_CHUNK
+    while chunk < positions:
+        if chunk >= _smallest_chunk(positions):
+            chunks.append(chunk)
+        chunk *= 2
+    return chunks
+
+
+def dividing_chunks(positions):
+    """The chunks from `_smallest_chunk` up that divide `positions`: no
+    positions are left over for the engine's remainder step (on jax the
+    kernel is then sliced, a kernel-sized copy per call)."""
+    return [
+        c for c in range(_smallest_chunk(positions), positions) if positions % c == 0
+    ]
+
+
+def curve_chunks(positions, default_chunk):
+    """Positions per chunk to time, ascending: the `geometric_chunks`, the
+    `dividing_chunks`, `default_chunk`, then None (all at once)."""
+    chunks = {*geometric_chunks(positions), *dividing_chunks(positions)}
+    if default_chunk is not None and default_chunk < positions:
+        chunks.add(default_chunk)
+    return [*sorted(chunks), None]
+
+
+def _engine_forward(backend, shape, formulation):
+    """`fn(x, kernel)`: the engine's forward pass of `shape` computed in
+    `formulation`, compiled as the backend runs it fastest."""
+    from keras_localconn import _local_conv
+
+    def forward(x, kernel):
+        return _local_conv.local_conv(
+            x,
+            kernel,
+            shape.kernel_size,
+            shape.strides,
+            shape.padding,
+            1,
+            "channels_last",
+            formulation=formulation,
+        )
+
+    return harness.compiled(backend, forward)
+
+
+def _chunk_curve(backend, shape, batch, kernel, rates, rounds, budget_s):
+    """One curve: ms of the forward pass of `shape` at `batch` per chunk size
+    of `curve_chunks`, in interleaved rounds, and the default's pick."""
+    from keras import ops
+
+    from keras_localconn import _arguments, _schedule
+
+    geo = _arguments.standardize_geometry(
+        shape.spatial,
+        shape.channels,
+        shape.kernel_size,
+        shape.strides,
+        shape.padding,
+        1,
+        "benchmarks",
+    )
+    default = _schedule.formulation(geo, batch, "float32", shape.filters)
+    x, _ = _inputs_and_targets((shape,), batch)
+    x = ops.convert_to_tensor(x)
+    steps = {}
+    for chunk in curve_chunks(geo.num_positions, default.chunk):
+        forward = _engine_forward(backend, shape, default._replace(chunk=chunk))
+        steps[chunk] = lambda f=forward: harness.block(backend, f(x, kernel))
+    ms = _interleaved(steps, rounds, budget_s)
+    patch_bytes = geo.patch_size * batch * 4  # of one position
+    return {
+        "layer": shape.name,
+        "batch": batch,
+        "positions": geo.num_positions,
+        "patch_size": geo.patch_size,
+        "default_chunk": default.chunk,
+        "limit_ms": forward_limit_ms((shape,), batch, rates),
+        "points": [
+            {
+                "chunk": chunk,
+                "chunk_bytes": (chunk or geo.num_positions) * patch_bytes,
+                "ms": value,
+            }
+            for chunk, value in ms.items()
+        ],
+    }
+
+
+def time_chunk_curve(
+    backend,
+    rates,
+    shapes=DEEPFACE_LAYERS,
+    batches=CURVE_BATCHES,
+    rounds=CURVE_ROUNDS,
+    budget_s=CURVE_BUDGET_S,
+):
+    """The chunk-size curve of each of `shapes` at each of `batches`, with
+    the engine's own formulation but for its chunk (the private engine API:
+    `_schedule.formulation`, `_local_conv.local_conv`); JSON-ready, by
+    `case_key`."""
+    from keras import ops
+
+    curves = {}
+    for shape in shapes:
+        rng = np.random.default_rng(1)
+        kernel = ops.convert_to_tensor(
+            rng.standard_normal(shape.kernel_shape, dtype=np.float32)
+            / np.sqrt(shape.patch_size, dtype=np.float32)
+        )
+        for batch in batches:
+            curve = _chunk_curve(backend, shape, batch, kernel, rates, rounds, budget_s)
+            curves[case_key(shape, batch)] = curve
+            best = min(curve["points"], key=lambda point: point["ms"])
+            print(
+                f"    curve {case_key(shape, batch)}: default chunk "
+                f"{curve['default_chunk']}, best {best['chunk']} "
+                f"({best['ms']:.1f} ms), limit {curve['limit_ms']:.1f} ms: "
+                + ", ".join(f"{p['chunk']}: {p['ms']:.1f}" for p in curve["points"]),
+                flush=True,
+            )
+    return curves
 
 
 def training_step_peak_mb(model_name):

@@ -23,7 +23,7 @@ import math
 import pathlib
 
 from benchmarks import models
-from benchmarks.cases import CASES, CASES_BY_NAME, DEEPFACE_LAYERS
+from benchmarks.cases import CASES, CASES_BY_NAME, DEEPFACE_LAYERS, REGIMES_BY_NAME
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -33,6 +33,7 @@ TEMPLATE = HERE / "performance_template.md"
 PAGE = "performance.md"  # in the docs folder, its charts in img/
 CHART = "img/performance.png"
 LIMIT_CHART = "img/performance_limit.png"
+CURVE_CHART = "img/chunk_curve.png"
 BACKENDS = ("tensorflow", "jax", "torch")
 TITLES = {
     "tensorflow": "TensorFlow",
@@ -243,6 +244,11 @@ def model_runs(results):
     return runs
 
 
+def runs_with(runs, *keys):
+    """The runs of `runs` that hold every one of `keys`."""
+    return {k: run for k, run in runs.items() if all(key in run for key in keys)}
+
+
 def rate_sets(runs):
     """Label -> rates of every process in `runs`: the backend's own and, where
     measured, numpy's in the same process."""
@@ -313,7 +319,7 @@ def _spread(times):
 
 def forward_lines(runs, machine):
     """Each layer alone: ms, ÷ limit and ÷ own limit per backend; the spread."""
-    runs = {k: r for k, r in runs.items() if "forward" in r}
+    runs = runs_with(runs, "forward")
     if not runs:
         return []
     keys = list(runs)
@@ -383,7 +389,7 @@ def _stack_memory_cell(run):
 
 def stack_lines(runs, machine):
     """The L4-L6 stack beside tf.keras 2, and the training step's memory."""
-    runs = {k: r for k, r in runs.items() if "stack" in r}
+    runs = runs_with(runs, "stack")
     if not runs:
         return []
     lines = [
@@ -413,7 +419,7 @@ def stack_lines(runs, machine):
 
 def parts_lines(runs, machine):
     """What bounds the cases: Keras' per-call cost, L4's two steps alone."""
-    with_parts = {k: r["parts"] for k, r in runs.items() if "parts" in r}
+    with_parts = {k: r["parts"] for k, r in runs_with(runs, "parts").items()}
     if not with_parts:
         return []
     lines = [
@@ -439,6 +445,150 @@ def parts_lines(runs, machine):
                 f"| {_fmt_ratio(_ratio(ours, limit))} "
                 f"| {_fmt_ratio(_ratio(entry['gather_ms'], limit))} "
                 f"| {_fmt_ratio(_ratio(entry['contract_ms'], limit))} |"
+            )
+    return lines
+
+
+def regimes_lines(runs, machine):
+    """Other fields' regimes: ours and tf.keras 2, inference and training."""
+    with_regimes = runs_with(runs, "regimes")
+    if not with_regimes:
+        return []
+    lines = [
+        "",
+        "### Other fields' regimes",
+        "",
+        "Each layer alone at its batch, `model.predict_on_batch` (inference) and "
+        "one `model.train_on_batch` step (training), beside tf.keras 2's layer "
+        "(`implementation=1`) where it is timed, in the same process.",
+        "",
+        "| backend | case | step, batch | ours ms | ours ÷ limit | ours ÷ own limit "
+        "| tf.keras 2 ms | tf.keras 2 ÷ ours |",
+        "|---|---|---|--:|--:|--:|--:|--:|",
+    ]
+    skipped = {}
+    for k, run in with_regimes.items():
+        for name, timed in run["regimes"].items():
+            shape = REGIMES_BY_NAME.get(name)
+            if shape is None:  # a case since renamed or dropped
+                continue
+            for mode, entry in timed.items():
+                if mode not in models.LIMIT_MS:
+                    continue
+                limits = (
+                    _limit_ms(mode, (shape,), entry["batch"], rates)
+                    for rates in (machine, run.get("rates"))
+                )
+                lines.append(
+                    f"| {TITLES[k]} | {shape.label} | {mode}, batch {entry['batch']} "
+                    f"| {_versus_keras2_cells(entry, *limits)} |"
+                )
+            if "keras2_skipped" in timed:
+                skipped[shape.label] = timed["keras2_skipped"]
+    if skipped:
+        lines += [
+            "",
+            *(f"- tf.keras 2 at *{n}*: not timed; {r}." for n, r in skipped.items()),
+        ]
+    return lines
+
+
+def _fmt_bytes(n):
+    """``"663 KB"``, ``"32 MB"`` (binary units)."""
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= size:
+            return f"{_fmt(n / size)} {unit}"
+    return f"{n} B"
+
+
+def _caches(result):
+    """``(label, bytes)`` of the L2 and L3 caches in `result`'s machine:
+    ``("L2 1 MB (CPUs 0)", 1048576)``."""
+    found = []
+    for cache in result.get("machine", {}).get("caches", []):
+        if cache["level"] >= 2 and cache["type"] in ("Unified", "Data"):
+            size = _fmt_bytes(cache["size_bytes"])
+            found.append(
+                (
+                    f"L{cache['level']} {size} (CPUs {cache['shared_cpu_list']})",
+                    cache["size_bytes"],
+                )
+            )
+    return found
+
+
+def _curves(runs):
+    """Key -> the chunk-size curves of each run that has them."""
+    return {k: r["chunk_curve"] for k, r in runs_with(runs, "chunk_curve").items()}
+
+
+def _curve_ratios(key, curve, machine):
+    """``{chunk: ms ÷ the machine's limit}`` of one curve, in its order."""
+    limit = _layer_limit_ms(key, machine)
+    return {p["chunk"]: _ratio(p["ms"], limit) for p in curve["points"]}
+
+
+def _chunk_cell(ratios, chunk):
+    return f"{_fmt(chunk) if chunk else 'all'}: {_fmt_ratio(ratios.get(chunk))}"
+
+
+def chunk_curve_lines(results, runs, machine):
+    """The chunk-size curve as a table: time ÷ limit per chunk size."""
+    curves = _curves(runs)
+    if not curves:
+        return []
+    sequence = sorted(
+        {
+            chunk
+            for by_key in curves.values()
+            for curve in by_key.values()
+            for chunk in models.geometric_chunks(curve["positions"])
+        }
+    )
+    caches = ", ".join(label for label, _ in _caches(next(iter(results.values()))))
+    lines = [
+        "",
+        "### The chunk-size curve",
+        "",
+        "The engine's forward pass alone (`_local_conv.local_conv`, compiled as "
+        "in the tables above), in the formulation the engine picks for the "
+        "backend but for its chunk: the positions per chunk doubling from "
+        f"{models.CURVE_FIRST_CHUNK} (at most {models.CURVE_MAX_CHUNKS} chunks "
+        "a call), the chunks that divide the positions P "
+        "(none left over for a last, smaller step; the lines of the chart), and "
+        "all at once. A chunk's patches take chunk × K × batch × 4 bytes. "
+        "Cells are time ÷ the machine's limit; the engine's default pick is "
+        "in bold, and in the *default* column with its chunk; *best* is the "
+        "fastest." + (f" This machine's caches: {caches}." if caches else ""),
+        "",
+        f"![time ÷ limit against the patch bytes of one chunk]({CURVE_CHART})",
+        "",
+        "| backend | layer, batch | P | K | limit ms | "
+        + " | ".join(str(c) for c in sequence)
+        + " | all | chunks dividing P | default | best |",
+        "|---|---|--:|--:|--:|" + "--:|" * (len(sequence) + 1) + "---|---|---|",
+    ]
+    columns = (*sequence, None)
+    for k, by_key in curves.items():
+        for key, curve in by_key.items():
+            ratios = _curve_ratios(key, curve, machine)
+            default = curve["default_chunk"]
+            cells = [_fmt_ratio(ratios[c]) if c in ratios else "–" for c in columns]
+            if default in columns and default in ratios:
+                cells[columns.index(default)] = f"**{cells[columns.index(default)]}**"
+            best = min(ratios, key=lambda c: ratios[c] or math.inf)
+            dividing = ", ".join(
+                _chunk_cell(ratios, c)
+                for c in models.dividing_chunks(curve["positions"])
+                if c in ratios
+            )
+            lines.append(
+                f"| {TITLES[k]} | {curve['layer']}, batch {curve['batch']} "
+                f"| {curve['positions']} | {curve['patch_size']} "
+                f"| {_fmt(_layer_limit_ms(key, machine))} | "
+                + " | ".join(cells)
+                + f" | {dividing} | {_chunk_cell(ratios, default)} "
+                f"| {_chunk_cell(ratios, best)} |"
             )
     return lines
 
@@ -488,6 +638,17 @@ def transpose_section(results_dir):
     return lines
 
 
+def limit_chart_lines(runs, machine):
+    """The link to `limit_chart`'s chart, where it is drawn."""
+    if not runs_with(runs, "forward", "stack") or not machine:
+        return []
+    return [
+        "",
+        "![DeepFace's layers: time relative to the machine's limit, per backend]"
+        f"({LIMIT_CHART})",
+    ]
+
+
 def limit_chart(results, machine, path):
     """Ours ÷ the machine's limit: each DeepFace layer alone and the stack."""
     import matplotlib
@@ -495,9 +656,7 @@ def limit_chart(results, machine, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with_models = {
-        k: r for k, r in model_runs(results).items() if "forward" in r and "stack" in r
-    }
+    with_models = runs_with(model_runs(results), "forward", "stack")
     if not with_models or not machine:
         return
     first = next(iter(with_models.values()))
@@ -526,6 +685,90 @@ def limit_chart(results, machine, path):
     ax.set_xticklabels([c.replace(" ", "\n") for c, _ in cases], fontsize=8)
     ax.set_title("DeepFace's layers: time ÷ the machine's limit (log)", fontsize=10)
     ax.legend(fontsize=8, ncol=3, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_curve(ax, curve, ratios, color, style):
+    """One chunk-size curve, time ÷ limit against the patch bytes of one
+    chunk: a line through the chunks that leave no positions over (those
+    dividing P, and all at once), crosses at the others (a last, smaller
+    step too), a star at the default pick."""
+    xs = [point["chunk_bytes"] for point in curve["points"]]
+    chunks, ys = list(ratios), list(ratios.values())
+
+    def plot(chosen, *args, **kwargs):
+        picked = [j for j, chunk in enumerate(chunks) if chosen(chunk)]
+        ax.plot([xs[j] for j in picked], [ys[j] for j in picked], *args, **kwargs)
+
+    plot(
+        lambda chunk: chunk is None or curve["positions"] % chunk == 0,
+        style,
+        color=color,
+        marker="o",
+        markersize=4,
+        label=f"{curve['layer']} batch {curve['batch']}",
+    )
+    plot(
+        lambda chunk: chunk is not None and curve["positions"] % chunk != 0,
+        "x",
+        color=color,
+        markersize=5,
+    )
+    plot(
+        lambda chunk: chunk == curve["default_chunk"],
+        "*",
+        color=color,
+        markersize=13,
+        markeredgecolor="black",
+    )
+
+
+def chunk_curve_chart(results, machine, path):
+    """Per backend, time ÷ the machine's limit against the patch bytes of one
+    chunk (both log): a curve per layer and batch (`_plot_curve`), the L2 and
+    L3 sizes as vertical lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = _curves(model_runs(results))
+    if not curves or not machine:
+        return
+    batches = sorted(
+        {c["batch"] for by_key in curves.values() for c in by_key.values()}
+    )
+    colors = {
+        b: plt.cm.viridis(0.85 * i / max(len(batches) - 1, 1))
+        for i, b in enumerate(batches)
+    }
+    styles = dict(zip((shape.name for shape in DEEPFACE_LAYERS), ("-", "--", ":")))
+    fig, axes = plt.subplots(
+        1, len(curves), figsize=(5.2 * len(curves), 4.8), squeeze=False, sharey=True
+    )
+    for ax, (k, by_key) in zip(axes[0], curves.items()):
+        for key, curve in by_key.items():
+            _plot_curve(
+                ax,
+                curve,
+                _curve_ratios(key, curve, machine),
+                colors[curve["batch"]],
+                styles.get(curve["layer"], "-"),
+            )
+        for (label, size), style in zip(_caches(results.get(k, {})), (":", "-.")):
+            ax.axvline(size, color="grey", ls=style, lw=1, label=label)
+        ax.axhline(1.0, color="black", lw=1, ls="--", label="limit")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(
+            "patch bytes of one chunk (lines: chunks dividing P, ×: the others, "
+            "★: the engine's pick)",
+            fontsize=8,
+        )
+        ax.set_title(f"{TITLES[k]}: forward time ÷ limit (log)", fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -585,6 +828,7 @@ def write_page(results_dir=RESULTS, docs_dir=DOCS):
     if not results:
         return
     machine = machine_rates(results)
+    runs = model_runs(results)
     sections = [
         "## Summary",
         "",
@@ -593,9 +837,9 @@ def write_page(results_dir=RESULTS, docs_dir=DOCS):
         f"![forward+backward time relative to the matmul floor, per backend]({CHART})",
         "",
         *models_section(results, machine),
-        "",
-        "![DeepFace's layers: time relative to the machine's limit, per backend]"
-        f"({LIMIT_CHART})",
+        *limit_chart_lines(runs, machine),
+        *regimes_lines(runs, machine),
+        *chunk_curve_lines(results, runs, machine),
         "",
         *transpose_section(results_dir),
         "",
@@ -611,6 +855,7 @@ def write_page(results_dir=RESULTS, docs_dir=DOCS):
     try:
         chart(results, docs_dir / CHART)
         limit_chart(results, machine, docs_dir / LIMIT_CHART)
+        chunk_curve_chart(results, machine, docs_dir / CURVE_CHART)
     except ImportError:
         print("matplotlib is not installed: the chart was not redrawn")
     print(f"wrote {page} and its charts")

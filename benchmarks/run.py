@@ -14,15 +14,21 @@ Results go to ``benchmarks/results/<backend>.json``; then the performance page
 every results file present, so running the backends one by one fills it in.
 
 After those shapes, ``models.py`` measures the stream and GEMM rates of this
-backend and of numpy, and times DeepFace's locally connected layers against
-the limit they set (``--no-models`` skips it); the page holds them against
-the machine's limit, the best rates of every backend's run. On TensorFlow,
-where oneDNN is off by default, they are timed a second time in a fresh
-process with ``TF_ENABLE_ONEDNN_OPTS=1``.
+backend and of numpy, and times DeepFace's locally connected layers, other
+fields' regimes (``cases.REGIMES``) and the chunk-size curve of the engine's
+forward pass against the limit they set (``--no-models`` skips all three);
+the page holds them against the machine's limit, the best rates of every
+backend's run. On TensorFlow, where oneDNN is off by default, DeepFace's
+layers are timed a second time in a fresh process with
+``TF_ENABLE_ONEDNN_OPTS=1``. ``results["machine"]`` holds CPU 0's caches (from
+sysfs), which the chunk-size chart marks.
 
-Options: ``--cases a,b`` and ``--impls substring`` restrict what runs;
-``--budget SECONDS`` is the timing budget per shape and mode; ``--no-memory``
-skips the subprocesses; ``--report-only`` only rewrites the page;
+Options: ``--only PARTS`` (comma-separated, of ``cases``, ``deepface``,
+``regimes``, ``chunk-curve``; default all) picks the parts; ``--cases a,b``,
+``--impls substring``, ``--regimes a,b``, ``--curve-layers L4,L5`` and
+``--curve-batches 1,8`` restrict them; ``--budget SECONDS`` is the timing
+budget per shape and mode of the cases; ``--no-memory`` skips the
+subprocesses; ``--report-only`` only rewrites the page;
 ``--results DIR`` and ``--docs DIR`` put the results and the page elsewhere
 (a trial run), ``--no-save`` writes neither.
 """
@@ -39,7 +45,7 @@ import sys
 import time
 
 from benchmarks import harness, models, report
-from benchmarks.cases import CASES, CASES_BY_NAME
+from benchmarks.cases import CASES, DEEPFACE_LAYERS, REGIMES
 from benchmarks.impls import IMPLS, case_arrays, floor_arrays, warm_up_backend
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -55,10 +61,33 @@ def _impls(backend, pattern=None):
     return impls
 
 
-def _cases(names=None):
+def _select(shapes, names=None):
+    """`shapes`, or those named in `names` (comma-separated), in that order."""
     if not names:
-        return CASES
-    return tuple(CASES_BY_NAME[name] for name in names.split(","))
+        return shapes
+    by_name = {shape.name: shape for shape in shapes}
+    return tuple(by_name[name] for name in names.split(","))
+
+
+# What a run times, in this order: `cases.CASES` here, then models.py's
+# DeepFace layers, other fields' regimes and the chunk-size curve.
+PARTS = ("cases", "deepface", "regimes", "chunk-curve")
+MODEL_PARTS = PARTS[1:]
+
+
+def _parts(text):
+    """The parts of a comma-separated ``--only`` value, checked."""
+    parts = tuple(text.split(","))
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown parts {unknown}; choose from {', '.join(PARTS)}"
+        )
+    return parts
+
+
+def _batches(text):
+    return tuple(int(batch) for batch in text.split(","))
 
 
 # --------------------------------------------------------------------------
@@ -105,7 +134,7 @@ def time_case(case, impls, budget_s, min_rounds=3, max_rounds=25):
 def child(case_name, impl_name):
     """Runs in the subprocess; prints one JSON line."""
     backend = harness.backend()
-    (case,) = _cases(case_name)
+    (case,) = _select(CASES, case_name)
     (impl,) = [i for i in _impls(backend) if i.name == impl_name]
     import keras  # noqa: F401  (import time is not build time)
 
@@ -213,13 +242,124 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+_CACHE_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}
+CPU0_CACHES = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def _size_bytes(text):
+    """Bytes of a sysfs cache size: ``"32K"``, ``"1024K"``, ``"32M"``."""
+    return (
+        int(text[:-1]) * _CACHE_UNITS[text[-1]]
+        if text[-1] in _CACHE_UNITS
+        else int(text)
+    )
+
+
+def cpu_caches():
+    """The caches of CPU 0, from Linux's sysfs: level, type, size and the
+    CPUs that share each (``shared_cpu_list``); [] where sysfs lacks them."""
+    caches = []
+    for index in sorted(CPU0_CACHES.glob("index*")):
+        try:
+            fields = {
+                name: (index / name).read_text().strip()
+                for name in ("level", "type", "size", "shared_cpu_list")
+            }
+        except OSError:
+            continue
+        caches.append(
+            {
+                "level": int(fields["level"]),
+                "type": fields["type"],
+                "size_bytes": _size_bytes(fields["size"]),
+                "shared_cpu_list": fields["shared_cpu_list"],
+            }
+        )
+    return caches
+
+
 def _machine():
     return {
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "system": f"{platform.system()} {platform.release()}",
         "load_average_at_start": os.getloadavg()[0],
+        "caches": cpu_caches(),
     }
+
+
+# --------------------------------------------------------------------------
+# The parts of a run
+# --------------------------------------------------------------------------
+
+
+def time_cases(backend, impls, args):
+    """Every implementation of the `cases.CASES` chosen, in this process,
+    then build and memory in a fresh one each; a JSON-ready dict by case."""
+    timed = {}
+    for case in _select(CASES, args.cases):
+        case_impls = [i for i in impls if i.runs_on(case)]
+        print(f"[{backend}] {case.name}: timing {len(case_impls)} impls", flush=True)
+        timings = time_case(
+            case,
+            [i for i in case_impls if case.name not in i.timed_in_child],
+            args.budget,
+        )
+        gc.collect()
+        if not args.no_memory:
+            for impl in case_impls:
+                if impl.role in ("floor", "variant"):
+                    continue
+                timings.setdefault(impl.name, {}).update(run_child(case, impl))
+        timed[case.name] = timings
+        for name, entry in timings.items():
+            print(f"    {name:32s} {json.dumps(entry)}", flush=True)
+    return timed
+
+
+def _wall_s(fn, *args):
+    """``(fn(*args), seconds it took)``."""
+    started = time.time()
+    return fn(*args), time.time() - started
+
+
+def _deepface(backend, args):
+    """`models.time_models`, and the training memory in fresh processes."""
+    print(f"[{backend}] DeepFace layers against the machine's limit", flush=True)
+    record = models.time_models(backend)
+    if not args.no_memory:
+        record["training_memory"] = {
+            name: run_model_child(name) for name in models.MODEL_BUILDERS
+        }
+        print(f"    memory: {record['training_memory']}", flush=True)
+    return record
+
+
+def time_model_parts(backend, parts, args):
+    """The rates, then models.py's `parts` (DeepFace's layers and their
+    training memory, the regimes, the chunk-size curve); a JSON-ready dict
+    with the wall seconds of each part under ``part_wall_s``."""
+    if "deepface" in parts:
+        record, seconds = _wall_s(_deepface, backend, args)
+        record["part_wall_s"] = {"deepface": seconds}
+    else:
+        record, seconds = _wall_s(models.measure_rates, backend)
+        record["part_wall_s"] = {"rates": seconds}
+    rates = record["rates"]
+    if "regimes" in parts:
+        print(f"[{backend}] other fields' regimes", flush=True)
+        regimes = _select(REGIMES, args.regimes)
+        record["regimes"], record["part_wall_s"]["regimes"] = _wall_s(
+            models.time_regimes, rates, regimes
+        )
+    if "chunk-curve" in parts:
+        print(f"[{backend}] the chunk-size curve", flush=True)
+        layers = _select(DEEPFACE_LAYERS, args.curve_layers)
+        record["chunk_curve"], record["part_wall_s"]["chunk-curve"] = _wall_s(
+            models.time_chunk_curve, backend, rates, layers, args.curve_batches
+        )
+    print(f"    seconds per part: {record['part_wall_s']}", flush=True)
+    return record
 
 
 # --------------------------------------------------------------------------
@@ -231,7 +371,23 @@ def main():
     parser.add_argument("--child-model", metavar="MODEL")
     parser.add_argument("--child-models", action="store_true")
     parser.add_argument(
-        "--no-models", action="store_true", help="skip DeepFace's layers (models.py)"
+        "--no-models", action="store_true", help="skip all of models.py"
+    )
+    parser.add_argument(
+        "--only",
+        type=_parts,
+        default=PARTS,
+        help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)",
+    )
+    parser.add_argument("--regimes", help="comma-separated names of cases.REGIMES")
+    parser.add_argument(
+        "--curve-layers", help="comma-separated DeepFace layers of the curve"
+    )
+    parser.add_argument(
+        "--curve-batches",
+        type=_batches,
+        default=models.CURVE_BATCHES,
+        help="batches of the chunk-size curve",
     )
     parser.add_argument("--cases")
     parser.add_argument("--impls")
@@ -275,32 +431,12 @@ def main():
         ],
         "cases": {},
     }
-    for case in _cases(args.cases):
-        case_impls = [i for i in impls if i.runs_on(case)]
-        print(f"[{backend}] {case.name}: timing {len(case_impls)} impls", flush=True)
-        timings = time_case(
-            case,
-            [i for i in case_impls if case.name not in i.timed_in_child],
-            args.budget,
-        )
-        gc.collect()
-        if not args.no_memory:
-            for impl in case_impls:
-                if impl.role in ("floor", "variant"):
-                    continue
-                timings.setdefault(impl.name, {}).update(run_child(case, impl))
-        results["cases"][case.name] = timings
-        for name, entry in timings.items():
-            print(f"    {name:32s} {json.dumps(entry)}", flush=True)
-    if not args.no_models:
-        print(f"[{backend}] DeepFace layers against the machine's limit", flush=True)
-        results["models"] = models.time_models(backend)
-        if not args.no_memory:
-            results["models"]["training_memory"] = {
-                name: run_model_child(name) for name in models.MODEL_BUILDERS
-            }
-            print(f"    memory: {results['models']['training_memory']}", flush=True)
-        if backend == "tensorflow" and not results["models"]["onednn"]:
+    parts = [p for p in args.only if not (args.no_models and p in MODEL_PARTS)]
+    if "cases" in parts:
+        results["cases"] = time_cases(backend, impls, args)
+    if set(parts) & set(MODEL_PARTS):
+        results["models"] = time_model_parts(backend, parts, args)
+        if backend == "tensorflow" and results["models"].get("onednn") is False:
             print(f"[{backend}] again, with TF_ENABLE_ONEDNN_OPTS=1", flush=True)
             results["models_onednn"] = run_models_with_onednn()
     results["wall_s"] = time.time() - started
