@@ -55,3 +55,22 @@ def untrack_variable(layer, variable):
     whose allocation failed leaves nothing behind.
     """
     layer._untrack_variable(variable)
+
+
+def computes_on_accelerator():
+    """Whether Keras places new tensors on a GPU, TPU or other non-CPU device.
+
+    `keras.distribution.list_devices` answers for JAX and TensorFlow (it lists
+    accelerators first when there are any); Keras has no public equivalent
+    for torch, whose backend keeps its device in ``keras.src``.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        from keras.src.backend.torch.core import get_device
+
+        return not str(get_device()).startswith("cpu")
+    if backend in ("jax", "tensorflow"):
+        return not keras.distribution.list_devices()[0].startswith("cpu")
+    return False

@@ -20,7 +20,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_localconn import _arguments, _schedule, _shapes
+from keras_localconn import _arguments, _schedule, _shapes, _transpose
+
+# The backends that take gradients: the numpy backend has none.
+_DIFFERENTIABLE = ("jax", "tensorflow", "torch")
 
 
 def local_conv(
@@ -132,75 +135,209 @@ def _pad_circular(x, geo):
     return x
 
 
-def _contract(x_rows, rows, kernel, geo, channels_last, formulation):
-    """``(c, batch, filters)`` for `c` positions: patches, then one matmul.
+def _patches(x_rows, rows, positions, geo, channels_last, batch_before_channels):
+    """The patches of `positions` output positions, ready for a batched matmul.
 
-    `rows` are the ``c * taps`` rows of `x_rows` the positions read and
-    `kernel` their ``(c, K, filters)``.
+    `rows` are the ``positions * taps`` rows of `x_rows` they read. Returns
+    ``(c, batch, K)`` with `batch_before_channels`, else ``(c, K, batch)``;
+    `_to_rows` is its inverse.
     """
-    positions = kernel.shape[0]
     patches = ops.take(x_rows, rows, axis=0)  # (c * taps, ...trailing)
-    if formulation.batch_before_channels:  # (c, taps, B, C) -> (c, B, K)
+    if batch_before_channels:  # (c, taps, B, C) -> (c, B, K)
         patches = ops.reshape(patches, (positions, geo.taps, -1, geo.channels))
         order = (0, 2, 1, 3) if channels_last else (0, 2, 3, 1)
         patches = ops.transpose(patches, order)
-        patches = ops.reshape(patches, (positions, -1, geo.patch_size))
-        return ops.matmul(patches, kernel)
+        return ops.reshape(patches, (positions, -1, geo.patch_size))
     if channels_last:  # (c, taps, C, B) is (c, K, B) already
-        patches = ops.reshape(patches, (positions, geo.patch_size, -1))
-    else:  # K ordered (channel, offsets)
-        patches = ops.reshape(patches, (positions, geo.taps, geo.channels, -1))
-        patches = ops.transpose(patches, (0, 2, 1, 3))
-        patches = ops.reshape(patches, (positions, geo.patch_size, -1))
-    return ops.matmul(ops.transpose(patches, (0, 2, 1)), kernel)
+        return ops.reshape(patches, (positions, geo.patch_size, -1))
+    # K ordered (channel, offsets)
+    patches = ops.reshape(patches, (positions, geo.taps, geo.channels, -1))
+    patches = ops.transpose(patches, (0, 2, 1, 3))
+    return ops.reshape(patches, (positions, geo.patch_size, -1))
+
+
+def _to_rows(values, geo, channels_last, batch_before_channels):
+    """Values laid out as `_patches` returns them, as rows of `x_rows`."""
+    positions = values.shape[0]
+    if batch_before_channels:  # (c, B, K) -> (c, taps, B, C)
+        if channels_last:
+            values = ops.reshape(values, (positions, -1, geo.taps, geo.channels))
+            values = ops.transpose(values, (0, 2, 1, 3))
+        else:
+            values = ops.reshape(values, (positions, -1, geo.channels, geo.taps))
+            values = ops.transpose(values, (0, 3, 1, 2))
+        return ops.reshape(values, (positions * geo.taps, -1, geo.channels))
+    if not channels_last:  # (c, C, taps, B) -> (c, taps, C, B)
+        values = ops.reshape(values, (positions, geo.channels, geo.taps, -1))
+        values = ops.transpose(values, (0, 2, 1, 3))
+    return ops.reshape(values, (positions * geo.taps, -1))
+
+
+def _contract(patches, kernel, batch_before_channels):
+    """``(c, batch, filters)``: the patches times their positions' kernels."""
+    if not batch_before_channels:
+        patches = ops.transpose(patches, (0, 2, 1))
+    return ops.matmul(patches, kernel)
 
 
 def _all_at_once(x_rows, kernel, geo, channels_last, formulation):
-    """``(P, batch, filters)``: every patch in one gather, one matmul."""
+    """``(P, batch, filters)``: every patch in one gather, one matmul.
+
+    The backend differentiates it: its patches fit the budget of the
+    schedule, and its backward pass has one gather to transpose.
+    """
+    layout = formulation.batch_before_channels
     rows = _shapes.gather_rows(geo)
-    return _contract(x_rows, rows, kernel, geo, channels_last, formulation)
+    patches = _patches(x_rows, rows, geo.num_positions, geo, channels_last, layout)
+    return _contract(patches, kernel, layout)
+
+
+class _Chunks:
+    """The static plan of a chunked call: which positions each chunk holds.
+
+    Every chunk has `size` consecutive positions; chunk ``i`` starts at
+    ``min(i * size, P - size)``, so that the last one, where `size` does not
+    divide P, overlaps the one before by `overlap` positions instead of
+    being shorter. The kernel and the output cotangent are sliced per chunk,
+    never copied into chunks.
+    """
+
+    def __init__(self, geo, size, loop_by_map):
+        self.geo, self.size, self.loop_by_map = geo, size, loop_by_map
+        num_positions = geo.num_positions
+        self.count = math.ceil(num_positions / size)
+        self.starts = np.minimum(np.arange(self.count) * size, num_positions - size)
+        self.overlap = self.count * size - num_positions
+        positions = self.starts[:, None] + np.arange(size)
+        taps = _shapes.gather_rows(geo).reshape(num_positions, geo.taps)
+        self.rows = taps[positions].reshape(self.count, -1)  # (count, size * taps)
+
+    def scatter_rows(self, first, last):
+        """Rows that chunks ``first..last-1`` add their contributions to; the
+        positions the last chunk repeats go to one row past the end."""
+        rows = self.rows[first:last].copy()
+        if self.overlap and last == self.count:
+            rows[-1, : self.overlap * self.geo.taps] = math.prod(self.geo.padded_shape)
+        return rows.reshape(-1)
+
+    def unique(self, stacked):
+        """``(count * size, ...)`` values per chunk position, as ``(P, ...)``."""
+        if not self.overlap:
+            return stacked
+        tail = (self.count - 1) * self.size
+        return ops.concatenate([stacked[:tail], stacked[tail + self.overlap :]], axis=0)
+
+    def map(self, step, first=0, last=None):
+        """`step(start, rows)` for chunks ``first..last-1``, each result
+        stacked and flattened to ``(chunks * size, ...)``."""
+        last = self.count if last is None else last
+        if self.loop_by_map:
+            starts = ops.convert_to_tensor(self.starts[first:last].astype("int32"))
+            rows = ops.convert_to_tensor(self.rows[first:last])
+            results = ops.map(lambda pair: step(*pair), (starts, rows))
+        else:
+            per_chunk = [
+                step(int(self.starts[i]), self.rows[i]) for i in range(first, last)
+            ]
+            results = tuple(ops.stack(parts) for parts in zip(*per_chunk))
+        # ops.shape: the batch may be unknown while tracing (TensorFlow).
+        return tuple(ops.reshape(r, (-1, *ops.shape(r)[2:])) for r in results)
+
+
+def _slice(values, start, size):
+    """Positions ``start..start+size-1`` of ``(P, ...)`` values; `start` may
+    be a tensor (inside `keras.ops.map`)."""
+    if isinstance(start, int):
+        return values[start : start + size]
+    shape = ops.shape(values)
+    return ops.slice(values, (start, *[0] * (len(shape) - 1)), (size, *shape[1:]))
 
 
 def _chunked(x_rows, kernel, geo, channels_last, formulation):
     """``(P, batch, filters)``, `formulation.chunk` positions at a time.
 
-    ``count`` whole chunks go through one loop, with the kernel viewed as
-    ``(count, chunk, K, F)`` (a slice of the kernel inside the loop would
-    cost a kernel-sized gradient per chunk), then the remaining positions.
+    Its gradient is `_chunked_backward`, one more pass over the chunks: the
+    backend's own would write an input-sized gradient per chunk and keep (or
+    recompute the matmul of) every chunk's patches.
     """
-    chunk, num_positions = formulation.chunk, geo.num_positions
-    filters = kernel.shape[-1]
-    count = num_positions // chunk
-    covered = count * chunk
-    rows = _shapes.gather_rows(geo).reshape(num_positions, -1)
-    kernel_chunks = ops.reshape(
-        kernel[:covered], (count, chunk, geo.patch_size, filters)
-    )
-    chunk_rows = ops.convert_to_tensor(rows[:covered].reshape(count, -1))
+    layout = formulation.batch_before_channels
+    chunks = _Chunks(geo, formulation.chunk, formulation.loop_by_map)
 
-    def contract(x_rows, rows_i, kernel_i):
-        return _contract(x_rows, rows_i, kernel_i, geo, channels_last, formulation)
+    def forward(x_rows, kernel):
+        def step(start, rows):
+            patches = _patches(x_rows, rows, chunks.size, geo, channels_last, layout)
+            return (_contract(patches, _slice(kernel, start, chunks.size), layout),)
 
-    if formulation.remat:
-        # The input is an argument, not a closure: TensorFlow's
-        # recompute_grad differentiates with respect to arguments only.
-        contract = keras.remat(contract)
+        (outputs,) = chunks.map(step)
+        return chunks.unique(outputs)
 
-    if formulation.loop_by_map:
-        outputs = ops.map(
-            lambda pair: contract(x_rows, *pair), (chunk_rows, kernel_chunks)
-        )
-    else:
-        pairs = zip(ops.unstack(chunk_rows), ops.unstack(kernel_chunks))
-        outputs = ops.stack([contract(x_rows, *pair) for pair in pairs])
-    outputs = ops.reshape(outputs, (covered, -1, filters))
-    if covered < num_positions:
-        rest_rows = rows[covered:].ravel()
-        rest = _contract(
-            x_rows, rest_rows, kernel[covered:], geo, channels_last, formulation
-        )
-        outputs = ops.concatenate([outputs, rest], axis=0)
-    return outputs
+    if keras.backend.backend() not in _DIFFERENTIABLE:
+        return forward(x_rows, kernel)
+
+    @ops.custom_gradient
+    def contraction(x_rows, kernel):
+        def gradient(*args, upstream=None):
+            if upstream is None:  # JAX and TensorFlow pass it positionally
+                (upstream,) = args
+            return _chunked_backward(
+                x_rows, kernel, upstream, chunks, channels_last, formulation
+            )
+
+        return forward(x_rows, kernel), gradient
+
+    # A tensor, not the variable (a reshape reads it, copying nothing):
+    # TensorFlow's custom_gradient refuses functions that read variables.
+    return contraction(x_rows, ops.reshape(kernel, kernel.shape))
+
+
+def _chunked_backward(x_rows, kernel, upstream, chunks, channels_last, formulation):
+    """``(d x_rows, d kernel)`` of `_chunked` for the cotangent `upstream`.
+
+    One pass over the chunks: each rebuilds its patches (one gather) for the
+    kernel gradient and contracts the cotangent with its kernel for its
+    input-gradient contributions, which `formulation.group` chunks at a time
+    add into the input gradient (one scatter-add or segment sum per group).
+    No matmul of the forward pass is recomputed and no input-sized tensor is
+    written per chunk.
+    """
+    geo, size = chunks.geo, chunks.size
+    layout = formulation.batch_before_channels
+    scatter_add = formulation.scatter_add
+    if scatter_add is None:
+        scatter_add = _transpose.HAS_SCATTER_ADD
+
+    def step(start, rows):
+        patches = _patches(x_rows, rows, size, geo, channels_last, layout)
+        cotangent = _slice(upstream, start, size)  # (c, B, F)
+        kernel_i = _slice(kernel, start, size)  # (c, K, F)
+        if layout:  # patches (c, B, K)
+            d_kernel = ops.matmul(ops.transpose(patches, (0, 2, 1)), cotangent)
+            contributions = ops.matmul(cotangent, ops.transpose(kernel_i, (0, 2, 1)))
+        else:  # patches (c, K, B)
+            d_kernel = ops.matmul(patches, cotangent)
+            contributions = ops.matmul(kernel_i, ops.transpose(cotangent, (0, 2, 1)))
+        return d_kernel, _to_rows(contributions, geo, channels_last, layout)
+
+    num_rows = math.prod(geo.padded_shape)
+    trailing = ops.shape(x_rows)[1:]
+    d_x_rows = ops.zeros((num_rows + 1, *trailing), x_rows.dtype)
+    group = formulation.group or chunks.count
+    d_kernels = []
+    for first in range(0, chunks.count, group):
+        last = min(first + group, chunks.count)
+        d_kernel, contributions = chunks.map(step, first, last)
+        d_kernels.append(d_kernel)
+        rows = chunks.scatter_rows(first, last)
+        if scatter_add:
+            d_x_rows = ops.scatter_update(
+                d_x_rows, rows[:, None], contributions, reduction="add"
+            )
+        else:
+            d_x_rows = d_x_rows + ops.segment_sum(
+                contributions, ops.convert_to_tensor(rows), num_segments=num_rows + 1
+            )
+    d_kernel = d_kernels[0] if len(d_kernels) == 1 else ops.concatenate(d_kernels, 0)
+    return d_x_rows[:num_rows], chunks.unique(d_kernel)
 
 
 def _output(outputs, bias, geo, channels_last):

@@ -1,29 +1,48 @@
 """How the forward engine computes one call: its `Formulation`, chosen here.
 
-`_local_conv` can build and contract the patches all at once or in chunks of
-output positions, with input rows of ``(batch, channels)`` or ``(channels,
-batch)``, looping over chunks with `keras.ops.map` or a Python loop, with or
-without rebuilding the patches for the backward pass. A `Formulation` names
-one such choice; `formulation` picks the default from static shapes and the
-backend. Tests and benchmarks pass a `Formulation` explicitly to
-`_local_conv.local_conv`; nothing here is meant to be patched.
+`_local_conv` builds and contracts the patches either all at once or in
+chunks of output positions, with input rows of ``(batch, channels)`` or
+``(channels, batch)``, looping over the chunks with `keras.ops.map` or a
+Python loop; its backward pass (chunked calls only) holds the input-gradient
+contributions of a group of chunks at a time. A `Formulation` names one such
+choice; `formulation` derives the default from the static shapes, the
+backend and what the machine reports (`_machine`), never from a table of one
+machine's timings:
 
-The measurements behind each choice are in docs/performance.md
-("How it computes").
+- **chunk**: the patches of one chunk fill the level-2 caches of the cores
+  that compute it (one core's share each), so that the matmul reads them
+  from cache, not from memory. Where all the patches fit, or weigh less
+  than a quarter of the kernel, all positions go at once. On an
+  accelerator no CPU cache applies; the one bound left is the memory bound
+  below.
+- **memory**: no more patches (or input-gradient contributions) exist at once
+  than the kernel holds, nor less than one cache's worth.
+- **row layout** and **loop**: what each backend's gather and loop do fast
+  (a property of the backend's implementation, the same on every machine:
+  docs/performance.md, "How it computes"). A Python loop is unrolled into a
+  traced graph, so more than `MAX_UNROLLED` chunks always go through
+  `keras.ops.map`, and the graph stays small.
+
+`keras_localconn.formulation(...)` pins any of these choices for the calls
+inside it. Tests and benchmarks pass a `Formulation` to
+`_local_conv.local_conv`; nothing here is meant to be patched.
 """
 
+import contextlib
+import math
+import threading
 from typing import NamedTuple
 
 import keras
 import numpy as np
 
-# A chunk's patches (positions x K x batch) are kept near this size, so that
-# they are consumed from cache rather than making a round trip to memory, and
-# so that no more than this many bytes of patches exist at once.
-CHUNK_BYTES = 4 * 2**20
+from keras_localconn import _machine
+
 # The batch size assumed where it is unknown or symbolic (a graph traced or
 # exported for any batch size).
 ASSUMED_BATCH = 32
+# Chunks a Python loop may unroll; beyond, `keras.ops.map` (one loop op).
+MAX_UNROLLED = 16
 
 
 class Formulation(NamedTuple):
@@ -34,58 +53,130 @@ class Formulation(NamedTuple):
         batch_before_channels: input rows of ``(batch, channels)``, else
             ``(channels, batch)``.
         loop_by_map: chunks through `keras.ops.map`, else through a Python
-            loop over unstacked kernel chunks.
-        remat: chunks' patches rebuilt in the backward pass (`keras.remat`),
-            not kept.
+            loop.
+        group: chunks whose input-gradient contributions the backward pass
+            adds into the input gradient together; None for all chunks.
+        scatter_add: the backward pass adds contributions with one
+            scatter-add (Keras >= 3.14), else with a segment sum; None for
+            what this Keras has.
     """
 
     chunk: int | None = None
     batch_before_channels: bool = True
     loop_by_map: bool = True
-    remat: bool = True
+    group: int | None = None
+    scatter_add: bool | None = None
 
 
 class _BackendPolicy(NamedTuple):
     batch_before_channels: bool
     loop_by_map: bool
-    remat: bool
-    # Chunks only once the patches outweigh the kernel (batch > filters).
-    chunk_above_kernel: bool
+    # A Python loop becomes a traced graph of one copy per chunk, where
+    # `keras.ops.map` would be one loop op (torch's `map` is a Python loop).
+    unrolls: bool
 
 
+# torch's gather copies whole rows of contiguous values 2x faster; JAX's
+# `map` is one XLA loop, TensorFlow's and torch's loops run op by op.
 _POLICIES = {
-    "jax": _BackendPolicy(True, True, True, True),
-    "tensorflow": _BackendPolicy(False, False, True, False),
-    "torch": _BackendPolicy(False, False, False, False),
+    "jax": _BackendPolicy(True, True, True),
+    "tensorflow": _BackendPolicy(False, False, True),
+    "torch": _BackendPolicy(False, False, False),
 }
-_DEFAULT_POLICY = _BackendPolicy(True, True, True, True)
+_DEFAULT_POLICY = _BackendPolicy(True, True, True)
+
+_pinned = threading.local()
 
 
-def chunk_positions(geo, batch, itemsize, filters, above_kernel=False):
+@contextlib.contextmanager
+def pinned(**choices):
+    """Inside the block, `formulation` returns `choices` over its own rule."""
+    unknown = set(choices) - set(Formulation._fields)
+    if unknown:
+        raise TypeError(
+            f"keras_localconn.ops.formulation: unknown choice(s) {sorted(unknown)}; "
+            f"the choices are {list(Formulation._fields)}."
+        )
+    outer = getattr(_pinned, "choices", {})
+    _pinned.choices = {**outer, **choices}
+    try:
+        yield
+    finally:
+        _pinned.choices = outer
+
+
+def _largest_divisor_near(n, target):
+    """The largest divisor of `n` in ``[target / 2, target]``, else `target`:
+    equal chunks, where one exists close to the target, need no last chunk
+    that overlaps the one before."""
+    for chunk in range(target, -(-target // 2) - 1, -1):
+        if n % chunk == 0:
+            return chunk
+    return target
+
+
+def chunk_positions(geo, batch, itemsize, filters, cache_bytes):
     """Output positions per chunk, or None for all positions at once.
 
-    Batch 1 and patches of at most `CHUNK_BYTES` in all take all positions at
-    once (at batch 1 the patches are 1/filters of the kernel). With
-    `above_kernel`, only patches larger than the kernel are chunked.
+    `cache_bytes`: the patches of one chunk fill it; None (an accelerator)
+    for no cache term. All positions go at once where their patches fit it,
+    and where they weigh less than a quarter of the kernel (``batch <
+    filters / 4``): their round trip to memory then adds less than half the
+    kernel's own traffic, and the loop would cost more than it saves. On an
+    accelerator they go at once unless they outweigh the kernel.
     """
-    if not isinstance(batch, (int, np.integer)):
-        batch = ASSUMED_BATCH
-    per_position = geo.patch_size * batch * itemsize
-    if batch == 1 or geo.num_positions * per_position <= CHUNK_BYTES:
+    per_position = geo.patch_size * _known(batch) * itemsize
+    patches = geo.num_positions * per_position
+    kernel = geo.num_positions * geo.patch_size * filters * itemsize
+    if cache_bytes is None:
+        if patches <= kernel:
+            return None
+        budget = kernel
+    else:
+        if patches <= cache_bytes or 4 * patches < kernel:
+            return None
+        budget = cache_bytes
+    chunk = max(1, budget // per_position)
+    return _largest_divisor_near(geo.num_positions, min(chunk, geo.num_positions))
+
+
+def backward_group(geo, batch, itemsize, filters, chunk, cache_bytes):
+    """Chunks whose input-gradient contributions are held at once: as many
+    as fit in the kernel's bytes (at least one cache's worth); None for all."""
+    if chunk is None:
         return None
-    if above_kernel and batch <= filters:  # patches / kernel = batch / filters
-        return None
-    return max(1, min(geo.num_positions, CHUNK_BYTES // per_position))
+    per_chunk = chunk * geo.patch_size * _known(batch) * itemsize
+    budget = max(
+        geo.num_positions * geo.patch_size * filters * itemsize, cache_bytes or 0
+    )
+    group = max(1, budget // per_chunk)
+    return None if group >= math.ceil(geo.num_positions / chunk) else int(group)
+
+
+def _known(batch):
+    if isinstance(batch, (int, np.integer)):
+        return int(batch)
+    return ASSUMED_BATCH
 
 
 def formulation(geo, batch, dtype, filters, backend=None):
-    """The default `Formulation` for `geo` under `backend` (default: Keras').
+    """The `Formulation` for `geo` under `backend` (default: Keras').
 
-    `batch` may be None or symbolic; `dtype` is the inputs' dtype.
+    `batch` may be None or symbolic; `dtype` is the inputs' dtype. Choices
+    pinned with `pinned` replace the rule's.
     """
     policy = _POLICIES.get(backend or keras.backend.backend(), _DEFAULT_POLICY)
     itemsize = np.dtype(keras.backend.standardize_dtype(dtype)).itemsize
-    chunk = chunk_positions(geo, batch, itemsize, filters, policy.chunk_above_kernel)
-    return Formulation(
-        chunk, policy.batch_before_channels, policy.loop_by_map, policy.remat
+    choices = getattr(_pinned, "choices", {})
+    cache_bytes = None if _machine.on_accelerator() else _machine.cache_bytes()
+    chunk = choices.get(
+        "chunk", chunk_positions(geo, batch, itemsize, filters, cache_bytes)
     )
+    many = chunk is not None and math.ceil(geo.num_positions / chunk) > MAX_UNROLLED
+    rule = Formulation(
+        chunk=chunk,
+        batch_before_channels=policy.batch_before_channels,
+        loop_by_map=policy.loop_by_map or (many and policy.unrolls),
+        group=backward_group(geo, batch, itemsize, filters, chunk, cache_bytes),
+    )
+    return rule._replace(**choices)

@@ -1,21 +1,24 @@
 """The public functional API: locally connected convolutions on `keras.ops`.
 
-The static shape helpers, and the two ops, `local_conv` and
+The static shape helpers, the two ops, `local_conv` and
 `local_conv_transpose`. As `keras.ops.conv` does, each op called on symbolic
 tensors (`keras.Input`) is one `keras.Operation` node whose output shape
 comes from `compute_output_spec`; called on tensors, it runs its engine
-(`_local_conv`, `_transpose`) directly.
+(`_local_conv`, `_transpose`) directly; and `formulation`, which pins
+how `local_conv` computes.
 """
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
 
-from keras_localconn import _arguments, _local_conv, _transpose
+from keras_localconn import _arguments, _local_conv, _schedule, _transpose
 
 __all__ = [
+    "formulation",
     "local_conv",
     "local_conv_kernel_shape",
     "local_conv_output_shape",
@@ -308,3 +311,52 @@ def local_conv_transpose(
     if _symbolic(inputs, kernel):
         return LocalConvTranspose(*arguments).symbolic_call(inputs, kernel)
     return _transpose.local_conv_transpose(inputs, kernel, *arguments)
+
+
+# --------------------------------------------------------------------------
+# How local_conv computes
+# --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def formulation(**choices: Any) -> Iterator[None]:
+    """Pin how `local_conv` (and every forward layer) computes, inside a block.
+
+    By default each call derives its formulation from the static shapes, the
+    backend and the machine (the cache size the operating system reports,
+    the cores this process may use, whether Keras computes on an
+    accelerator): see the Performance page. Inside this block, the choices
+    given replace the rule's, for the calls traced or run in it (a traced
+    function keeps what it was traced with). Blocks nest; the inner choice
+    wins. The result is the same up to float rounding; only speed and memory
+    change.
+
+    Args:
+        **choices: any of
+            ``chunk`` (output positions per chunk, or None for all positions
+            at once),
+            ``batch_before_channels`` (input rows of ``(batch, channels)``,
+            else ``(channels, batch)``),
+            ``loop_by_map`` (chunks through `keras.ops.map`, else a Python
+            loop),
+            ``group`` (chunks whose input-gradient contributions the
+            backward pass adds at once; None for all),
+            ``scatter_add`` (the backward pass adds them with one scatter-add,
+            Keras >= 3.14, else with a segment sum).
+
+    Raises:
+        TypeError: for a choice not named above.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_localconn.ops import formulation, local_conv
+    >>> x = np.ones((2, 6, 3), "float32")
+    >>> kernel = np.ones((4, 3 * 3, 2), "float32")
+    >>> with formulation(chunk=2):  # two positions at a time
+    ...     y = local_conv(x, kernel, kernel_size=3)
+    >>> float(y[0, 0, 0])
+    9.0
+    """
+    with _schedule.pinned(**choices):
+        yield

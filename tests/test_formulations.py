@@ -12,7 +12,14 @@ import keras
 import numpy as np
 import pytest
 
-from keras_localconn import _arguments, _local_conv, _schedule, ops
+from keras_localconn import (
+    _arguments,
+    _local_conv,
+    _machine,
+    _schedule,
+    _transpose,
+    ops,
+)
 from keras_localconn._schedule import Formulation
 from keras_localconn.layers import LocallyConnected2D
 from tests.autodiff import gradients, to_numpy
@@ -29,24 +36,31 @@ from tests.reference import reference_local_conv
 
 RTOL = ATOL = 2e-5
 
-# Chunks of 3 leave a remainder whenever P is not a multiple of 3. Together
-# these cover every layout, both loops and both backward passes.
+# Chunks of 3 leave a last chunk that overlaps the one before whenever P is
+# not a multiple of 3. Together these cover every layout, both loops, the
+# backward pass's groups of chunks (one, two, all) and both ways it adds
+# input-gradient contributions (scatter-add, segment sum).
 FORMULATIONS = [
-    Formulation(None, False, True, True),
-    Formulation(None, True, True, True),
-    Formulation(1, False, True, True),
-    Formulation(3, True, True, False),
-    Formulation(1, True, False, True),
-    Formulation(3, False, False, False),
+    Formulation(None, False, True),
+    Formulation(None, True, True),
+    Formulation(1, False, True, None, False),
+    Formulation(3, True, True, 2),
+    Formulation(1, True, False, 1, False),
+    Formulation(3, False, False, 1),
+    Formulation(3, True, False, None, False),
 ]
+if not _transpose.HAS_SCATTER_ADD:  # Keras < 3.14: the segment sum only
+    FORMULATIONS = [f._replace(scatter_add=False) for f in FORMULATIONS]
 
 
 def _formulation_id(formulation):
-    chunk, batch_first, by_map, remat = formulation
+    chunk, batch_first, by_map, group, scatter_add = formulation
     return (
         f"{'all' if chunk is None else f'chunk{chunk}'}"
         f"-{'bc' if batch_first else 'cb'}"
-        f"-{'map' if by_map else 'loop'}{'-remat' if remat else ''}"
+        f"-{'map' if by_map else 'loop'}"
+        f"{'' if group is None else f'-group{group}'}"
+        f"{'-segsum' if scatter_add is False else ''}"
     )
 
 
@@ -117,28 +131,106 @@ def test_every_formulation_has_the_reference_gradients(case, data_format, formul
     )
 
 
-def test_chunks_bound_the_patch_bytes_and_batch_one_is_never_chunked():
-    geo = _arguments.standardize_geometry((63, 63), 16, 9, 1, "valid", 1, "test")
-    assert _schedule.chunk_positions(geo, 1, 4, 16) is None
-    per_position = geo.patch_size * 32 * 4
-    chunk = _schedule.chunk_positions(geo, 32, 4, 16)
-    assert 1 <= chunk < geo.num_positions
-    assert chunk * per_position <= _schedule.CHUNK_BYTES
-    # A small problem is done in one piece, whatever the batch.
+L4 = _arguments.standardize_geometry((63, 63), 16, 9, 1, "valid", 1, "test")
+MIB = 2**20
+
+
+def test_a_chunks_patches_fill_the_cache_it_is_given():
+    per_position = L4.patch_size * 32 * 4
+    for cache in (MIB // 2, MIB, 2 * MIB, 8 * MIB):
+        chunk = _schedule.chunk_positions(L4, 32, 4, 16, cache)
+        assert 1 <= chunk < L4.num_positions
+        # At most the cache, and at least half of it (a divisor of P near it).
+        assert (cache // per_position) // 2 <= chunk <= cache // per_position
+    # Equal chunks where a divisor of P (3025 = 5^2 * 11^2) is near.
+    assert L4.num_positions % _schedule.chunk_positions(L4, 8, 4, 16, MIB) == 0
+
+
+def test_all_positions_go_at_once_where_chunks_do_not_pay():
+    # Patches that fit the cache, whatever the batch.
     small = _arguments.standardize_geometry((8, 8), 2, 3, 1, "valid", 1, "test")
-    assert _schedule.chunk_positions(small, 64, 4, 16) is None
-    # Where chunks pay off only above the kernel's size: batch > filters.
-    assert _schedule.chunk_positions(geo, 8, 4, 16, above_kernel=True) is None
-    assert _schedule.chunk_positions(geo, 32, 4, 16, above_kernel=True) == chunk
+    assert _schedule.chunk_positions(small, 64, 4, 16, MIB) is None
+    # Patches under a quarter of the kernel (batch < filters / 4).
+    assert _schedule.chunk_positions(L4, 3, 4, 16, MIB) is None
+    assert _schedule.chunk_positions(L4, 4, 4, 16, MIB) is not None
+    # On an accelerator (no cache): at once unless they outweigh the kernel.
+    assert _schedule.chunk_positions(L4, 16, 4, 16, None) is None
+    chunk = _schedule.chunk_positions(L4, 32, 4, 16, None)
+    assert chunk * L4.patch_size * 32 <= L4.num_positions * L4.patch_size * 16
+
+
+def test_the_backward_pass_holds_no_more_contributions_than_the_kernel():
+    chunk = _schedule.chunk_positions(L4, 32, 4, 16, MIB)
+    group = _schedule.backward_group(L4, 32, 4, 16, chunk, MIB)
+    kernel_bytes = L4.num_positions * L4.patch_size * 16 * 4
+    assert group * chunk * L4.patch_size * 32 * 4 <= kernel_bytes
+    # Below the kernel's size, every chunk at once.
+    assert _schedule.backward_group(L4, 8, 4, 16, 25, MIB) is None
+
+
+def test_the_cache_comes_from_the_machine_or_the_environment(tmp_path, monkeypatch):
+    for index, (level, kind, size) in enumerate(
+        [("1", "Data", "48K"), ("1", "Instruction", "32K"), ("2", "Unified", "2048K")]
+    ):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(level + "\n")
+        (folder / "type").write_text(kind + "\n")
+        (folder / "size").write_text(size + "\n")
+    assert _machine._sysfs_level2_bytes(tmp_path) == 2 * MIB
+    assert _machine._sysfs_level2_bytes(tmp_path / "missing") is None
+    _machine.core_cache_bytes.cache_clear()
+    monkeypatch.setenv(_machine.CACHE_ENV, "3M")
+    try:
+        assert _machine.core_cache_bytes() == 3 * MIB
+    finally:
+        monkeypatch.delenv(_machine.CACHE_ENV)
+        _machine.core_cache_bytes.cache_clear()
+    assert _machine.core_cache_bytes() > 0
+    assert _machine.usable_cores() >= 1
 
 
 def test_an_unknown_batch_is_scheduled_as_the_assumed_batch():
-    geo = _arguments.standardize_geometry((63, 63), 16, 9, 1, "valid", 1, "test")
     for backend in ("jax", "tensorflow", "torch", "numpy"):
         assumed = _schedule.formulation(
-            geo, _schedule.ASSUMED_BATCH, "float32", 16, backend
+            L4, _schedule.ASSUMED_BATCH, "float32", 16, backend
         )
-        assert _schedule.formulation(geo, None, "float32", 16, backend) == assumed
+        assert _schedule.formulation(L4, None, "float32", 16, backend) == assumed
+
+
+def test_many_chunks_go_through_one_loop_op_where_a_loop_would_be_unrolled():
+    with ops.formulation(chunk=5):  # 605 chunks
+        for backend in ("jax", "tensorflow"):
+            assert _schedule.formulation(L4, 8, "float32", 16, backend).loop_by_map
+        # torch runs eagerly: its `map` is a Python loop too.
+        assert not _schedule.formulation(L4, 8, "float32", 16, "torch").loop_by_map
+    with ops.formulation(chunk=605):  # 5 chunks
+        assert not _schedule.formulation(L4, 8, "float32", 16, "tensorflow").loop_by_map
+
+
+def test_a_pinned_formulation_replaces_the_rule_inside_its_block_only():
+    rule = _schedule.formulation(L4, 8, "float32", 16)
+    with ops.formulation(chunk=None, batch_before_channels=False):
+        pinned = _schedule.formulation(L4, 8, "float32", 16)
+        assert pinned.chunk is None and not pinned.batch_before_channels
+        with ops.formulation(chunk=7):  # nested: the inner choice wins
+            assert _schedule.formulation(L4, 8, "float32", 16).chunk == 7
+        assert _schedule.formulation(L4, 8, "float32", 16) == pinned
+    assert _schedule.formulation(L4, 8, "float32", 16) == rule
+    with pytest.raises(TypeError, match="unknown choice.*chunks.*the choices are"):
+        with ops.formulation(chunks=4):
+            pass
+
+
+def test_a_pinned_formulation_computes_the_same_layer():
+    x = np.random.default_rng(0).normal(size=(2, 9, 8, 3)).astype("float32")
+    layer = LocallyConnected2D(4, 3)
+    expected = to_numpy(layer(x))
+    for choices in ({"chunk": 4}, {"chunk": None}, {"chunk": 5, "loop_by_map": False}):
+        with ops.formulation(**choices):
+            np.testing.assert_allclose(
+                to_numpy(layer(x)), expected, rtol=RTOL, atol=ATOL
+            )
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
@@ -172,7 +264,7 @@ def test_every_formulation_with_circular_or_explicit_padding(
 def test_chunks_in_a_model_traced_for_any_batch_size(batch_first, by_map):
     """A functional model is traced with an unknown batch size; predict
     then runs the chunked path on two sizes."""
-    formulation = Formulation(2, batch_first, by_map, True)
+    formulation = Formulation(2, batch_first, by_map, 2)
 
     class Chunked(LocallyConnected2D):
         @staticmethod

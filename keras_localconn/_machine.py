@@ -1,0 +1,82 @@
+"""What the machine reports that the schedule adapts to: its cores' caches.
+
+Read once per process, from what the operating system publishes, never from
+a table of measured machines: the size of one core's level-2 cache
+(``/sys/devices/system/cpu/cpu0/cache`` on Linux, ``sysconf`` elsewhere), the
+cores this process may use, and whether Keras computes on an accelerator
+instead of the CPU. Both can be
+overridden with an environment variable, to check the rule on a machine that
+reports other sizes (``KERAS_LOCALCONN_CACHE_BYTES``).
+"""
+
+import functools
+import os
+import pathlib
+
+from keras_localconn import _keras_private
+
+# Where the operating system reports no level-2 cache: the smallest per-core
+# L2 of current x86 and Arm server cores (1 MiB for AMD Zen 4, 2 MiB for
+# Intel Sapphire Rapids, 1 MiB for Neoverse V1/V2).
+FALLBACK_CACHE_BYTES = 2**20
+CACHE_ENV = "KERAS_LOCALCONN_CACHE_BYTES"
+_SYSFS_CACHE = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def _parse_size(text):
+    """Bytes of a sysfs cache size: ``"1024K"``, ``"32M"`` or a plain number."""
+    text = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+def _sysfs_level2_bytes(root=_SYSFS_CACHE):
+    """The data (or unified) level-2 cache of cpu0 in bytes, or None."""
+    for index in sorted(root.glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            if level == "2" and kind in ("Data", "Unified"):
+                return _parse_size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _sysconf_level2_bytes():
+    try:
+        size = os.sysconf("SC_LEVEL2_CACHE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return size if size > 0 else None
+
+
+@functools.cache
+def core_cache_bytes():
+    """Bytes of one core's level-2 cache: `CACHE_ENV`, else what the OS says."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return _parse_size(override)
+    return _sysfs_level2_bytes() or _sysconf_level2_bytes() or FALLBACK_CACHE_BYTES
+
+
+def usable_cores():
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@functools.cache
+def cache_bytes():
+    """The level-2 cache of the cores that compute: one core's, times the
+    cores this process may use (the backends split a batched matmul over
+    them, each core's share in its own cache)."""
+    return core_cache_bytes() * usable_cores()
+
+
+@functools.cache
+def on_accelerator():
+    """Whether Keras computes on a GPU or TPU (then no CPU cache applies)."""
+    return _keras_private.computes_on_accelerator()
