@@ -498,6 +498,7 @@ def _chunk_curve(backend, shape, batch, kernel, rates, rounds, budget_s):
     from keras import ops
 
     from keras_localconn import _arguments, _schedule
+    from keras_localconn.ops import formulation
 
     geo = _arguments.standardize_geometry(
         shape.spatial,
@@ -513,7 +514,11 @@ def _chunk_curve(backend, shape, batch, kernel, rates, rounds, budget_s):
     x = ops.convert_to_tensor(x)
     steps = {}
     for chunk in curve_chunks(geo.num_positions, default.chunk):
-        forward = _engine_forward(backend, shape, default._replace(chunk=chunk))
+        # Pinned as a user pins it: the rule's other choices follow the chunk
+        # (its loop, its backward groups).
+        with formulation(chunk=chunk):
+            pinned = _schedule.formulation(geo, batch, "float32", shape.filters)
+        forward = _engine_forward(backend, shape, pinned)
         steps[chunk] = lambda f=forward: harness.block(backend, f(x, kernel))
     ms = _interleaved(steps, rounds, budget_s)
     patch_bytes = geo.patch_size * batch * 4  # of one position
@@ -544,7 +549,8 @@ def time_chunk_curve(
     budget_s=CURVE_BUDGET_S,
 ):
     """The chunk-size curve of each of `shapes` at each of `batches`, with
-    the engine's own formulation but for its chunk (the private engine API:
+    the chunk pinned by `keras_localconn.ops.formulation` and the rest of the
+    formulation the rule's for that chunk (the private engine API:
     `_schedule.formulation`, `_local_conv.local_conv`); JSON-ready, by
     `case_key`."""
     from keras import ops
