@@ -493,6 +493,81 @@ def regimes_lines(runs, machine):
     return lines
 
 
+def _answer_cell(ms, limit):
+    """``"12.3 (2.1×)"``: ms and ÷ the machine's limit."""
+    if ms is None:
+        return "–"
+    return f"{_fmt(ms)} ({_fmt_ratio(_ratio(ms, limit))})"
+
+
+def _answer_rows(runs, machine):
+    """``(label, limit ms, {run key: ms}, tf.keras 2 ms)`` of every case the
+    runs hold: DeepFace's layers, the stack, the other regimes."""
+    first = next(iter(runs.values()))
+    for key in first.get("forward", {}):
+        times = {
+            k: r.get("forward", {}).get(key, {}).get("ours_ms") for k, r in runs.items()
+        }
+        yield f"DeepFace {key}, forward", _layer_limit_ms(key, machine), times, None
+    for mode, entry in first.get("stack", {}).items():
+        times = {
+            k: r.get("stack", {}).get(mode, {}).get("ours_ms") for k, r in runs.items()
+        }
+        keras2 = runs.get("tensorflow", first).get("stack", {}).get(mode, {})
+        label = f"DeepFace L4–L6 stack, {mode}, batch {entry['batch']}"
+        yield (
+            label,
+            _stack_limit_ms(mode, entry, machine),
+            times,
+            keras2.get("keras2_ms"),
+        )
+    for name, timed in first.get("regimes", {}).items():
+        shape = REGIMES_BY_NAME.get(name)
+        if shape is None:
+            continue
+        for mode, entry in timed.items():
+            if mode not in models.LIMIT_MS:
+                continue
+            times = {
+                k: r.get("regimes", {}).get(name, {}).get(mode, {}).get("ours_ms")
+                for k, r in runs.items()
+            }
+            keras2 = runs.get("tensorflow", first).get("regimes", {}).get(name, {})
+            limit = _limit_ms(mode, (shape,), entry["batch"], machine)
+            label = f"{shape.label}, {mode}, batch {entry['batch']}"
+            yield label, limit, times, keras2.get(mode, {}).get("keras2_ms")
+
+
+def answer_lines(runs, machine):
+    """The page's opening answer: ours per backend, tf.keras 2 and the
+    machine's limit, on DeepFace's layers and the other regimes."""
+    runs = {k: r for k, r in runs_with(runs, "forward").items() if k in BACKENDS}
+    if not runs or not machine:
+        return ["No benchmark results yet: run `nox -s bench`."]
+    keys = list(runs)
+    lines = [
+        "Milliseconds per call, and in brackets the time ÷ the machine's limit "
+        "(the bytes that must move once at the best stream rate, or the FLOPs "
+        "at the best GEMM rate, measured on this machine by numpy or any "
+        "backend; 1.0× is the best any implementation could do). tf.keras 2 is "
+        "`LocallyConnected2D(implementation=1)` where it exists, timed in the "
+        "TensorFlow process.",
+        "",
+        "| case | limit ms | "
+        + " | ".join(TITLES[k] for k in keys)
+        + " | tf.keras 2 ms |",
+        "|---|--:|" + "--:|" * len(keys) + "--:|",
+    ]
+    for label, limit, times, keras2 in _answer_rows(runs, machine):
+        cells = " | ".join(_answer_cell(times.get(k), limit) for k in keys)
+        lines.append(f"| {label} | {_fmt(limit)} | {cells} | {_fmt(keras2)} |")
+    return [
+        *lines,
+        "",
+        f"![DeepFace's layers: time relative to the machine's limit]({LIMIT_CHART})",
+    ]
+
+
 def _fmt_bytes(n):
     """``"663 KB"``, ``"32 MB"`` (binary units)."""
     for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
@@ -636,17 +711,6 @@ def transpose_section(results_dir):
     dates = ", ".join(f"{TITLES[b]} {r['date']}" for b, r in runs.items())
     lines += ["", f"Measured: {dates}."]
     return lines
-
-
-def limit_chart_lines(runs, machine):
-    """The link to `limit_chart`'s chart, where it is drawn."""
-    if not runs_with(runs, "forward", "stack") or not machine:
-        return []
-    return [
-        "",
-        "![DeepFace's layers: time relative to the machine's limit, per backend]"
-        f"({LIMIT_CHART})",
-    ]
 
 
 def limit_chart(results, machine, path):
@@ -837,7 +901,6 @@ def write_page(results_dir=RESULTS, docs_dir=DOCS):
         f"![forward+backward time relative to the matmul floor, per backend]({CHART})",
         "",
         *models_section(results, machine),
-        *limit_chart_lines(runs, machine),
         *regimes_lines(runs, machine),
         *chunk_curve_lines(results, runs, machine),
         "",
@@ -849,6 +912,7 @@ def write_page(results_dir=RESULTS, docs_dir=DOCS):
     for backend, result in results.items():
         sections += [backend_section(backend, result), ""]
     text = TEMPLATE.read_text().replace("{{results}}", "\n".join(sections).strip())
+    text = text.replace("{{answer}}", "\n".join(answer_lines(runs, machine)))
     page = docs_dir / PAGE
     (docs_dir / CHART).parent.mkdir(parents=True, exist_ok=True)
     page.write_text(text)
