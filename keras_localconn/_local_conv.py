@@ -8,10 +8,11 @@ first, padded, and flattened into one row per pixel. A gather of rows, with
 indices computed in numpy from the static shapes (`_shapes.gather_rows`),
 builds the patches of a group of output positions, position-major, and one
 batched matmul contracts them with those positions' kernels. Either all
-positions go at once (`_all_at_once`) or they go in chunks (`_chunked`); the
-`_schedule.Formulation` of the call says which, and how. The number of ops
-grows neither with the kernel size nor with the number of positions (a
-Python loop over chunks aside).
+positions go at once (`_all_at_once`, differentiated by the backend) or they
+go in chunks (`_chunked`, with its own backward pass, `_chunked_backward`);
+the `_schedule.Formulation` of the call says which, and how. The number of
+ops grows neither with the kernel size nor with the number of positions (a
+Python loop over at most `_schedule.MAX_UNROLLED` chunks aside).
 """
 
 import math
