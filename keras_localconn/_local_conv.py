@@ -213,14 +213,6 @@ class _Chunks:
         taps = _shapes.gather_rows(geo).reshape(num_positions, geo.taps)
         self.rows = taps[positions].reshape(self.count, -1)  # (count, size * taps)
 
-    def scatter_rows(self, first, last):
-        """Rows that chunks ``first..last-1`` add their contributions to; the
-        positions the last chunk repeats go to one row past the end."""
-        rows = self.rows[first:last].copy()
-        if self.overlap and last == self.count:
-            rows[-1, : self.overlap * self.geo.taps] = math.prod(self.geo.padded_shape)
-        return rows.reshape(-1)
-
     def unique(self, stacked):
         """``(count * size, ...)`` values per chunk position, as ``(P, ...)``."""
         if not self.overlap:
@@ -228,17 +220,16 @@ class _Chunks:
         tail = (self.count - 1) * self.size
         return ops.concatenate([stacked[:tail], stacked[tail + self.overlap :]], axis=0)
 
-    def map(self, step, first=0, last=None):
-        """`step(start, rows)` for chunks ``first..last-1``, each result
-        stacked and flattened to ``(chunks * size, ...)``."""
-        last = self.count if last is None else last
+    def map(self, step):
+        """`step(start, rows)` for every chunk, each result stacked and
+        flattened to ``(count * size, ...)``."""
         if self.loop_by_map:
-            starts = ops.convert_to_tensor(self.starts[first:last].astype("int32"))
-            rows = ops.convert_to_tensor(self.rows[first:last])
+            starts = ops.convert_to_tensor(self.starts.astype("int32"))
+            rows = ops.convert_to_tensor(self.rows)
             results = ops.map(lambda pair: step(*pair), (starts, rows))
         else:
             per_chunk = [
-                step(int(self.starts[i]), self.rows[i]) for i in range(first, last)
+                step(int(start), rows) for start, rows in zip(self.starts, self.rows)
             ]
             results = tuple(ops.stack(parts) for parts in zip(*per_chunk))
         # ops.shape: the batch may be unknown while tracing (TensorFlow).
@@ -294,12 +285,14 @@ def _chunked(x_rows, kernel, geo, channels_last, formulation):
 def _chunked_backward(x_rows, kernel, upstream, chunks, channels_last, formulation):
     """``(d x_rows, d kernel)`` of `_chunked` for the cotangent `upstream`.
 
-    One pass over the chunks: each rebuilds its patches (one gather) for the
-    kernel gradient and contracts the cotangent with its kernel for its
-    input-gradient contributions, which `formulation.group` chunks at a time
-    add into the input gradient (one scatter-add or segment sum per group).
-    No matmul of the forward pass is recomputed and no input-sized tensor is
-    written per chunk.
+    The kernel gradient takes one pass over the chunks: each rebuilds its
+    patches (one gather) and multiplies them by its cotangent. The input
+    gradient needs no patches: the cotangent times the kernel gives every
+    (position, offset)'s contribution, one batched matmul per group of
+    `formulation.group` chunks' positions, added into the input gradient with
+    one scatter-add (or segment sum) per group. No matmul of the forward pass
+    is recomputed, no input-sized tensor is written per chunk, and no
+    chunk's contributions are stacked or copied.
     """
     geo, size = chunks.geo, chunks.size
     layout = formulation.batch_before_channels
@@ -307,38 +300,37 @@ def _chunked_backward(x_rows, kernel, upstream, chunks, channels_last, formulati
     if scatter_add is None:
         scatter_add = _transpose.HAS_SCATTER_ADD
 
-    def step(start, rows):
+    def kernel_gradient(start, rows):
         patches = _patches(x_rows, rows, size, geo, channels_last, layout)
         cotangent = _slice(upstream, start, size)  # (c, B, F)
-        kernel_i = _slice(kernel, start, size)  # (c, K, F)
         if layout:  # patches (c, B, K)
-            d_kernel = ops.matmul(ops.transpose(patches, (0, 2, 1)), cotangent)
-            contributions = ops.matmul(cotangent, ops.transpose(kernel_i, (0, 2, 1)))
-        else:  # patches (c, K, B)
-            d_kernel = ops.matmul(patches, cotangent)
-            contributions = ops.matmul(kernel_i, ops.transpose(cotangent, (0, 2, 1)))
-        return d_kernel, _to_rows(contributions, geo, channels_last, layout)
+            patches = ops.transpose(patches, (0, 2, 1))
+        return (ops.matmul(patches, cotangent),)  # (c, K, F)
 
-    num_rows = math.prod(geo.padded_shape)
-    trailing = ops.shape(x_rows)[1:]
-    d_x_rows = ops.zeros((num_rows + 1, *trailing), x_rows.dtype)
-    group = formulation.group or chunks.count
-    d_kernels = []
-    for first in range(0, chunks.count, group):
-        last = min(first + group, chunks.count)
-        d_kernel, contributions = chunks.map(step, first, last)
-        d_kernels.append(d_kernel)
-        rows = chunks.scatter_rows(first, last)
+    (d_kernel,) = chunks.map(kernel_gradient)
+
+    num_rows, num_positions = math.prod(geo.padded_shape), geo.num_positions
+    all_rows = _shapes.gather_rows(geo)
+    d_x_rows = ops.zeros((num_rows, *ops.shape(x_rows)[1:]), x_rows.dtype)
+    step = (formulation.group or chunks.count) * size
+    for first in range(0, num_positions, step):
+        last = min(first + step, num_positions)
+        cotangent, kernel_g = upstream[first:last], kernel[first:last]
+        if layout:  # (n, B, F) @ (n, F, K) -> (n, B, K)
+            contributions = ops.matmul(cotangent, ops.transpose(kernel_g, (0, 2, 1)))
+        else:  # (n, K, F) @ (n, F, B) -> (n, K, B)
+            contributions = ops.matmul(kernel_g, ops.transpose(cotangent, (0, 2, 1)))
+        contributions = _to_rows(contributions, geo, channels_last, layout)
+        rows = all_rows[first * geo.taps : last * geo.taps]
         if scatter_add:
             d_x_rows = ops.scatter_update(
                 d_x_rows, rows[:, None], contributions, reduction="add"
             )
         else:
             d_x_rows = d_x_rows + ops.segment_sum(
-                contributions, ops.convert_to_tensor(rows), num_segments=num_rows + 1
+                contributions, ops.convert_to_tensor(rows), num_segments=num_rows
             )
-    d_kernel = d_kernels[0] if len(d_kernels) == 1 else ops.concatenate(d_kernels, 0)
-    return d_x_rows[:num_rows], chunks.unique(d_kernel)
+    return d_x_rows, chunks.unique(d_kernel)
 
 
 def _output(outputs, bias, geo, channels_last):

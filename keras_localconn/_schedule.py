@@ -54,8 +54,8 @@ class Formulation(NamedTuple):
             ``(channels, batch)``.
         loop_by_map: chunks through `keras.ops.map`, else through a Python
             loop.
-        group: chunks whose input-gradient contributions the backward pass
-            adds into the input gradient together; None for all chunks.
+        group: chunks whose positions' input-gradient contributions the
+            backward pass computes and adds together; None for all.
         scatter_add: the backward pass adds contributions with one
             scatter-add (Keras >= 3.14), else with a segment sum; None for
             what this Keras has.
