@@ -15,6 +15,7 @@ ops grows neither with the kernel size nor with the number of positions (a
 Python loop over at most `_schedule.MAX_UNROLLED` chunks aside).
 """
 
+import functools
 import math
 
 import keras
@@ -236,6 +237,13 @@ class _Chunks:
         return tuple(ops.reshape(r, (-1, *ops.shape(r)[2:])) for r in results)
 
 
+@functools.lru_cache(maxsize=64)
+def _chunks(geo, size, loop_by_map):
+    """The `_Chunks` of a geometry, built once: a layer called eagerly (torch)
+    would otherwise index its row table anew on every call."""
+    return _Chunks(geo, size, loop_by_map)
+
+
 def _slice(values, start, size):
     """Positions ``start..start+size-1`` of ``(P, ...)`` values; `start` may
     be a tensor (inside `keras.ops.map`)."""
@@ -253,7 +261,7 @@ def _chunked(x_rows, kernel, geo, channels_last, formulation):
     recompute the matmul of) every chunk's patches.
     """
     layout = formulation.batch_before_channels
-    chunks = _Chunks(geo, formulation.chunk, formulation.loop_by_map)
+    chunks = _chunks(geo, formulation.chunk, formulation.loop_by_map)
 
     def forward(x_rows, kernel):
         def step(start, rows):
