@@ -17,6 +17,8 @@ Python loop over at most `_schedule.MAX_UNROLLED` chunks aside).
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -26,6 +28,38 @@ from keras_localconn import _arguments, _schedule, _shapes, _transpose
 
 # The backends that take gradients: the numpy backend has none.
 _DIFFERENTIABLE = ("jax", "tensorflow", "torch")
+
+
+class EncodedKernel(NamedTuple):
+    """A kernel stored encoded (quantized, packed), decoded one slice at a time.
+
+    `parts` are tensors whose leading axis is the kernel's positions axis;
+    `decode(*slices)` turns equal slices of them (any ``c`` leading rows) into
+    the ``(c, K, filters)`` kernel those rows stand for, in the compute dtype.
+    `shape` is the decoded kernel's ``(P, K, filters)``. The engine decodes
+    only the slice a chunk needs, so that the encoded kernel is what is read
+    from memory; gradients flow to the inputs only (an encoded kernel is not
+    trained).
+    """
+
+    parts: tuple
+    decode: Callable[..., Any]
+    shape: tuple
+
+    @property
+    def dtype(self):
+        return self.parts[0].dtype
+
+    def rows(self, start, size):
+        """The decoded kernel of positions ``start..start+size-1``."""
+        return self.decode(*(_slice(part, start, size) for part in self.parts))
+
+
+def _kernel_rows(kernel, start, size):
+    """Positions ``start..start+size-1`` of a kernel, decoded if encoded."""
+    if isinstance(kernel, EncodedKernel):
+        return kernel.rows(start, size)
+    return _slice(kernel, start, size)
 
 
 def local_conv(
@@ -46,13 +80,15 @@ def local_conv(
     `bias`, ``(P, filters)``, is added while the result is still
     position-major, before the final transpose. `formulation` (a
     `_schedule.Formulation`) overrides the default of `_schedule.formulation`.
+    `kernel` may be an `EncodedKernel`, decoded one chunk at a time.
     """
     geo, channels_last = checked_geometry(
         inputs, kernel, kernel_size, strides, padding, dilation_rate, data_format, owner
     )
+    encoded = isinstance(kernel, EncodedKernel)
     if formulation is None:
         formulation = _schedule.formulation(
-            geo, inputs.shape[0], inputs.dtype, kernel.shape[-1]
+            geo, inputs.shape[0], inputs.dtype, kernel.shape[-1], decoded=encoded
         )
     x_rows = _input_rows(inputs, geo, channels_last, formulation)
     if formulation.chunk is None or formulation.chunk >= geo.num_positions:
@@ -191,7 +227,7 @@ def _all_at_once(x_rows, kernel, geo, channels_last, formulation):
     layout = formulation.batch_before_channels
     rows = _shapes.gather_rows(geo)
     patches = _patches(x_rows, rows, geo.num_positions, geo, channels_last, layout)
-    return _contract(patches, kernel, layout)
+    return _contract(patches, _kernel_rows(kernel, 0, geo.num_positions), layout)
 
 
 class _Chunks:
@@ -266,13 +302,37 @@ def _chunked(x_rows, kernel, geo, channels_last, formulation):
     def forward(x_rows, kernel):
         def step(start, rows):
             patches = _patches(x_rows, rows, chunks.size, geo, channels_last, layout)
-            return (_contract(patches, _slice(kernel, start, chunks.size), layout),)
+            kernel_rows = _kernel_rows(kernel, start, chunks.size)
+            return (_contract(patches, kernel_rows, layout),)
 
         (outputs,) = chunks.map(step)
         return chunks.unique(outputs)
 
     if keras.backend.backend() not in _DIFFERENTIABLE:
         return forward(x_rows, kernel)
+
+    if isinstance(kernel, EncodedKernel):
+        # Its parts are arguments (None is their gradient), as Keras' own
+        # quantized layers pass theirs: TensorFlow refuses variables read
+        # inside, and JAX tracers closed over.
+        decode, shape = kernel.decode, kernel.shape
+
+        @ops.custom_gradient
+        def encoded_contraction(x_rows, *parts):
+            encoded = EncodedKernel(parts, decode, shape)
+
+            def gradient(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                d_x_rows = _input_gradient(
+                    x_rows, encoded, upstream, chunks, channels_last, formulation
+                )
+                return (d_x_rows, *[None] * len(parts))
+
+            return forward(x_rows, encoded), gradient
+
+        parts = [ops.reshape(part, part.shape) for part in kernel.parts]
+        return encoded_contraction(x_rows, *parts)
 
     @ops.custom_gradient
     def contraction(x_rows, kernel):
@@ -295,7 +355,29 @@ def _chunked_backward(x_rows, kernel, upstream, chunks, channels_last, formulati
 
     The kernel gradient takes one pass over the chunks: each rebuilds its
     patches (one gather) and multiplies them by its cotangent. The input
-    gradient needs no patches: the cotangent times the kernel gives every
+    gradient is `_input_gradient`'s.
+    """
+    geo, size = chunks.geo, chunks.size
+    layout = formulation.batch_before_channels
+
+    def kernel_gradient(start, rows):
+        patches = _patches(x_rows, rows, size, geo, channels_last, layout)
+        cotangent = _slice(upstream, start, size)  # (c, B, F)
+        if layout:  # patches (c, B, K)
+            patches = ops.transpose(patches, (0, 2, 1))
+        return (ops.matmul(patches, cotangent),)  # (c, K, F)
+
+    (d_kernel,) = chunks.map(kernel_gradient)
+    d_x_rows = _input_gradient(
+        x_rows, kernel, upstream, chunks, channels_last, formulation
+    )
+    return d_x_rows, chunks.unique(d_kernel)
+
+
+def _input_gradient(x_rows, kernel, upstream, chunks, channels_last, formulation):
+    """``d x_rows`` of `_chunked` for the cotangent `upstream`.
+
+    It needs no patches: the cotangent times the kernel gives every
     (position, offset)'s contribution, one batched matmul per group of
     `formulation.group` chunks' positions, added into the input gradient with
     one scatter-add (or segment sum) per group. No matmul of the forward pass
@@ -307,23 +389,14 @@ def _chunked_backward(x_rows, kernel, upstream, chunks, channels_last, formulati
     scatter_add = formulation.scatter_add
     if scatter_add is None:
         scatter_add = _transpose.HAS_SCATTER_ADD
-
-    def kernel_gradient(start, rows):
-        patches = _patches(x_rows, rows, size, geo, channels_last, layout)
-        cotangent = _slice(upstream, start, size)  # (c, B, F)
-        if layout:  # patches (c, B, K)
-            patches = ops.transpose(patches, (0, 2, 1))
-        return (ops.matmul(patches, cotangent),)  # (c, K, F)
-
-    (d_kernel,) = chunks.map(kernel_gradient)
-
     num_rows, num_positions = math.prod(geo.padded_shape), geo.num_positions
     all_rows = _shapes.gather_rows(geo)
     d_x_rows = ops.zeros((num_rows, *ops.shape(x_rows)[1:]), x_rows.dtype)
     step = (formulation.group or chunks.count) * size
     for first in range(0, num_positions, step):
         last = min(first + step, num_positions)
-        cotangent, kernel_g = upstream[first:last], kernel[first:last]
+        cotangent = upstream[first:last]
+        kernel_g = _kernel_rows(kernel, first, last - first)
         if layout:  # (n, B, F) @ (n, F, K) -> (n, B, K)
             contributions = ops.matmul(cotangent, ops.transpose(kernel_g, (0, 2, 1)))
         else:  # (n, K, F) @ (n, F, B) -> (n, K, B)
@@ -338,7 +411,7 @@ def _chunked_backward(x_rows, kernel, upstream, chunks, channels_last, formulati
             d_x_rows = d_x_rows + ops.segment_sum(
                 contributions, ops.convert_to_tensor(rows), num_segments=num_rows
             )
-    return d_x_rows, chunks.unique(d_kernel)
+    return d_x_rows
 
 
 def _output(outputs, bias, geo, channels_last):

@@ -115,7 +115,7 @@ def _largest_divisor_near(n, target):
     return target
 
 
-def chunk_positions(geo, batch, itemsize, filters, cache_bytes):
+def chunk_positions(geo, batch, itemsize, filters, cache_bytes, decoded=False):
     """Output positions per chunk, or None for all positions at once.
 
     `cache_bytes`: the patches of one chunk fill it; None (an accelerator)
@@ -124,15 +124,26 @@ def chunk_positions(geo, batch, itemsize, filters, cache_bytes):
     filters / 4``): their round trip to memory then adds less than half the
     kernel's own traffic, and the loop would cost more than it saves. On an
     accelerator they go at once unless they outweigh the kernel.
+
+    `decoded`: the kernel is stored encoded (`_local_conv.EncodedKernel`)
+    and each chunk decodes its own rows: those count with its patches, and
+    all positions go at once only where the whole decoded kernel and the
+    patches fit the cache (decoding it whole would write, and read back, a
+    float kernel larger than the encoded one).
     """
     per_position = geo.patch_size * _known(batch) * itemsize
-    patches = geo.num_positions * per_position
     kernel = geo.num_positions * geo.patch_size * filters * itemsize
-    if cache_bytes is None:
-        if patches <= kernel:
+    if decoded and cache_bytes is not None:
+        per_position += geo.patch_size * filters * itemsize
+        if geo.num_positions * per_position <= cache_bytes:
+            return None
+        budget = cache_bytes
+    elif cache_bytes is None:
+        if geo.num_positions * per_position <= kernel:
             return None
         budget = kernel
     else:
+        patches = geo.num_positions * per_position
         if patches <= cache_bytes or 4 * patches < kernel:
             return None
         budget = cache_bytes
@@ -159,18 +170,19 @@ def _known(batch):
     return ASSUMED_BATCH
 
 
-def formulation(geo, batch, dtype, filters, backend=None):
+def formulation(geo, batch, dtype, filters, backend=None, decoded=False):
     """The `Formulation` for `geo` under `backend` (default: Keras').
 
-    `batch` may be None or symbolic; `dtype` is the inputs' dtype. Choices
-    pinned with `pinned` replace the rule's.
+    `batch` may be None or symbolic; `dtype` is the inputs' dtype; `decoded`:
+    the kernel is decoded chunk by chunk (`chunk_positions`). Choices pinned
+    with `pinned` replace the rule's.
     """
     policy = _POLICIES.get(backend or keras.backend.backend(), _DEFAULT_POLICY)
     itemsize = np.dtype(keras.backend.standardize_dtype(dtype)).itemsize
     choices = getattr(_pinned, "choices", {})
     cache_bytes = None if _machine.on_accelerator() else _machine.cache_bytes()
     chunk = choices.get(
-        "chunk", chunk_positions(geo, batch, itemsize, filters, cache_bytes)
+        "chunk", chunk_positions(geo, batch, itemsize, filters, cache_bytes, decoded)
     )
     many = chunk is not None and math.ceil(geo.num_positions / chunk) > MAX_UNROLLED
     rule = Formulation(

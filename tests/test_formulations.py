@@ -283,3 +283,64 @@ def test_chunks_in_a_model_traced_for_any_batch_size(batch_first, by_map):
         )
         y = model.predict(x, verbose=0)
         np.testing.assert_allclose(y, expected, rtol=RTOL, atol=ATOL)
+
+
+def _encoded(kernel):
+    """`kernel` as int8 values and one scale per (position, filter)."""
+    scale = np.abs(kernel).max(axis=1, keepdims=True) / 127
+    values = np.round(kernel / scale).astype("int8")
+
+    def decode(values, scale):
+        return keras.ops.cast(values, "float32") * scale
+
+    encoded = _local_conv.EncodedKernel(
+        (keras.ops.convert_to_tensor(values), keras.ops.convert_to_tensor(scale)),
+        decode,
+        kernel.shape,
+    )
+    return encoded, values.astype("float32") * scale
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
+def test_an_encoded_kernel_is_decoded_chunk_by_chunk(formulation):
+    """Forward against the reference on the decoded kernel; the gradient
+    reaches the inputs (an encoded kernel has none)."""
+    case = FORWARD_CASES[1]
+    spatial, channels, kernel_size, strides, dilation, padding, batch = case
+    x, kernel, out, filters = random_forward_problem(case, "channels_last")
+    encoded, decoded = _encoded(kernel)
+    ref = dict(
+        kernel_size=kernel_size,
+        strides=strides,
+        dilation=dilation,
+        padding=padding,
+        data_format="channels_last",
+    )
+    y = _run(x, encoded, case, "channels_last", formulation)
+    expected = reference_local_conv(x, decoded, **ref)
+    np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
+    if keras.backend.backend() == "numpy":
+        return
+    cotangent = np.random.default_rng(5).normal(size=expected.shape)
+
+    def loss(inputs):
+        outputs = _run(inputs, encoded, case, "channels_last", formulation)
+        return keras.ops.sum(outputs * keras.ops.convert_to_tensor(cotangent))
+
+    (grad_inputs,) = gradients(loss, x)
+    v = np.random.default_rng(6).normal(size=x.shape)
+    np.testing.assert_allclose(
+        np.sum(grad_inputs * v),
+        np.sum(cotangent * reference_local_conv(v, decoded, **ref)),
+        rtol=1e-4,
+        atol=1e-3,
+    )
+
+
+def test_a_decoded_kernel_chunks_even_where_the_float_one_goes_at_once():
+    # Batch 1: float patches weigh far under a quarter of the kernel.
+    assert _schedule.chunk_positions(L4, 1, 4, 16, MIB) is None
+    chunk = _schedule.chunk_positions(L4, 1, 4, 16, MIB, decoded=True)
+    assert chunk * L4.patch_size * (1 + 16) * 4 <= MIB
+    small = _arguments.standardize_geometry((8, 8), 2, 3, 1, "valid", 1, "test")
+    assert _schedule.chunk_positions(small, 1, 4, 4, MIB, decoded=True) is None
