@@ -321,7 +321,7 @@ def test_an_encoded_kernel_is_decoded_chunk_by_chunk(formulation):
     np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
     if keras.backend.backend() == "numpy":
         return
-    cotangent = np.random.default_rng(5).normal(size=expected.shape)
+    cotangent = np.random.default_rng(5).normal(size=expected.shape).astype("float32")
 
     def loss(inputs):
         outputs = _run(inputs, encoded, case, "channels_last", formulation)
