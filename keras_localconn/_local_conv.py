@@ -13,6 +13,12 @@ go in chunks (`_chunked`, with its own backward pass, `_chunked_backward`);
 the `_schedule.Formulation` of the call says which, and how. The number of
 ops grows neither with the kernel size nor with the number of positions (a
 Python loop over at most `_schedule.MAX_UNROLLED` chunks aside).
+
+With `position_groups` (`_groups`), positions that share a kernel are the
+rows of one matmul: the engine works on *units* of `_groups.Plan.per_unit`
+positions (one, ungrouped), each unit's patches ``per_unit * batch`` rows of
+one matmul with its group's kernel. One group is a convolution, computed by
+`keras.ops.conv` (`_one_group`).
 """
 
 import functools
@@ -24,7 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_localconn import _arguments, _schedule, _shapes, _transpose
+from keras_localconn import _arguments, _groups, _schedule, _shapes, _transpose
 
 # The backends that take gradients: the numpy backend has none.
 _DIFFERENTIABLE = ("jax", "tensorflow", "torch")
@@ -62,6 +68,15 @@ def _kernel_rows(kernel, start, size):
     return _slice(kernel, start, size)
 
 
+def _take_kernel(kernel, index):
+    """The kernels of `index` (one per unit), encoded if `kernel` is."""
+    count, index = len(index), ops.convert_to_tensor(index)
+    if isinstance(kernel, EncodedKernel):
+        parts = tuple(ops.take(part, index, axis=0) for part in kernel.parts)
+        return EncodedKernel(parts, kernel.decode, (count, *kernel.shape[1:]))
+    return ops.take(kernel, index, axis=0)
+
+
 def local_conv(
     inputs,
     kernel,
@@ -72,39 +87,75 @@ def local_conv(
     data_format=None,
     *,
     bias=None,
+    position_groups=None,
     owner="local_conv",
     formulation=None,
 ):
     """`keras_localconn.ops.local_conv`, plus a bias and an explicit formulation.
 
-    `bias`, ``(P, filters)``, is added while the result is still
-    position-major, before the final transpose. `formulation` (a
+    `bias`, ``(T, filters)`` (T = P without groups), is added while the
+    result is still position-major, before the final transpose.
+    `position_groups`: any form `_groups.resolve` takes. `formulation` (a
     `_schedule.Formulation`) overrides the default of `_schedule.formulation`.
     `kernel` may be an `EncodedKernel`, decoded one chunk at a time.
     """
-    geo, channels_last = checked_geometry(
-        inputs, kernel, kernel_size, strides, padding, dilation_rate, data_format, owner
+    geo, channels_last, grouping = checked_geometry(
+        inputs,
+        kernel,
+        kernel_size,
+        strides,
+        padding,
+        dilation_rate,
+        data_format,
+        owner,
+        position_groups,
     )
     encoded = isinstance(kernel, EncodedKernel)
+    plan = _groups.plan_of(grouping, geo.num_positions)
     if formulation is None:
         formulation = _schedule.formulation(
-            geo, inputs.shape[0], inputs.dtype, kernel.shape[-1], decoded=encoded
+            geo,
+            inputs.shape[0],
+            inputs.dtype,
+            kernel.shape[-1],
+            decoded=encoded,
+            units=plan.units,
+            per_unit=plan.per_unit,
         )
+    if grouping is not None:
+        if bias is not None:
+            bias = ops.take(bias, grouping.groups.astype("int32"), axis=0)
+        if grouping.count == 1 and formulation.conv and _conv_takes(geo):
+            outputs = _one_group(inputs, kernel, geo, channels_last)
+            return _output(outputs, bias, geo, channels_last, spatial=True)
+        if plan.kernels is not None:  # at most 2 T kernels, never P
+            kernel = _take_kernel(kernel, plan.kernels)
     x_rows = _input_rows(inputs, geo, channels_last, formulation)
-    if formulation.chunk is None or formulation.chunk >= geo.num_positions:
-        outputs = _all_at_once(x_rows, kernel, geo, channels_last, formulation)
+    if formulation.chunk is None or formulation.chunk >= plan.units:
+        outputs = _all_at_once(
+            x_rows, kernel, geo, grouping, channels_last, formulation
+        )
     else:
-        outputs = _chunked(x_rows, kernel, geo, channels_last, formulation)
+        outputs = _chunked(x_rows, kernel, geo, grouping, channels_last, formulation)
     return _output(outputs, bias, geo, channels_last)
 
 
 def checked_geometry(
-    inputs, kernel, kernel_size, strides, padding, dilation_rate, data_format, owner
+    inputs,
+    kernel,
+    kernel_size,
+    strides,
+    padding,
+    dilation_rate,
+    data_format,
+    owner,
+    position_groups=None,
 ):
-    """`(geometry, channels_last)` of one call, every argument checked.
+    """`(geometry, channels_last, grouping)` of one call, every argument checked.
 
     What `local_conv` checks before it computes, and all that a symbolic call
-    (`compute_output_spec`) needs.
+    (`compute_output_spec`) needs. `grouping` is the call's
+    `_groups.Grouping`, or None for one kernel per position.
     """
     data_format, spatial_shape, channels = _arguments.standardize_inputs(
         inputs, kernel, data_format, owner
@@ -112,18 +163,24 @@ def checked_geometry(
     geo = _arguments.standardize_geometry(
         spatial_shape, channels, kernel_size, strides, padding, dilation_rate, owner
     )
+    grouping = _groups.resolve(position_groups, geo.output_shape, owner)
     kernel_shape = tuple(kernel.shape)
-    if len(kernel_shape) != 3 or kernel_shape[:2] != geo.kernel_shape(None)[:2]:
-        raise ValueError(
-            f"{owner}: `kernel` must have shape (P, K, filters) = "
-            f"({geo.num_positions}, {geo.patch_size}, filters) for inputs of "
-            f"shape {tuple(inputs.shape)}, kernel_size={geo.kernel_size}, "
-            f"strides={geo.strides}, padding={padding!r}, "
-            f"dilation_rate={geo.dilation_rate} (P = prod of output shape "
-            f"{geo.output_shape}, K = prod(kernel_size) * {channels} channels). "
-            f"Received kernel of shape {kernel_shape}"
+    kernels = geo.num_positions if grouping is None else grouping.count
+    if len(kernel_shape) != 3 or kernel_shape[:2] != (kernels, geo.patch_size):
+        count = (
+            f"P = prod of output shape {geo.output_shape}"
+            if grouping is None
+            else f"T = {kernels} position groups"
         )
-    return geo, data_format == "channels_last"
+        raise ValueError(
+            f"{owner}: `kernel` must have shape ({'P' if grouping is None else 'T'}"
+            f", K, filters) = ({kernels}, {geo.patch_size}, filters) for inputs "
+            f"of shape {tuple(inputs.shape)}, kernel_size={geo.kernel_size}, "
+            f"strides={geo.strides}, padding={padding!r}, "
+            f"dilation_rate={geo.dilation_rate} ({count}, K = prod(kernel_size) "
+            f"* {channels} channels). Received kernel of shape {kernel_shape}"
+        )
+    return geo, data_format == "channels_last", grouping
 
 
 def output_shape(geo, batch, filters, channels_last):
@@ -159,8 +216,9 @@ def _input_rows(inputs, geo, channels_last, formulation):
     return ops.reshape(x, (num_pixels, -1))
 
 
-def _pad_circular(x, geo):
-    """`x` (spatial axes first) padded with values from the opposite edge.
+def _pad_circular(x, geo, first_axis=0):
+    """`x` (spatial axes from `first_axis` on) padded with values from the
+    opposite edge.
 
     One gather per padded axis, of indices wrapped in numpy (any pad size, the
     input repeating periodically); `keras.ops.pad`'s "wrap" mode is not
@@ -169,93 +227,183 @@ def _pad_circular(x, geo):
     for axis, (n, (lo, hi)) in enumerate(zip(geo.spatial_shape, geo.pads)):
         if lo or hi:
             wrapped = (np.arange(-lo, n + hi) % n).astype("int32")
-            x = ops.take(x, wrapped, axis=axis)
+            x = ops.take(x, wrapped, axis=first_axis + axis)
     return x
 
 
-def _patches(x_rows, rows, positions, geo, channels_last, batch_before_channels):
-    """The patches of `positions` output positions, ready for a batched matmul.
+def _patches(x_rows, rows, units, per_unit, geo, channels_last, batch_before_channels):
+    """The patches of `units` units, ready for a batched matmul.
 
-    `rows` are the ``positions * taps`` rows of `x_rows` they read. Returns
-    ``(c, batch, K)`` with `batch_before_channels`, else ``(c, K, batch)``;
-    `_to_rows` is its inverse.
+    `rows` are the ``units * per_unit * taps`` rows of `x_rows` they read.
+    Returns ``(units, per_unit * batch, K)`` with `batch_before_channels`,
+    else ``(units, K, per_unit * batch)``; `_to_rows` is its inverse.
     """
-    patches = ops.take(x_rows, rows, axis=0)  # (c * taps, ...trailing)
-    if batch_before_channels:  # (c, taps, B, C) -> (c, B, K)
-        patches = ops.reshape(patches, (positions, geo.taps, -1, geo.channels))
+    patches = ops.take(x_rows, rows, axis=0)  # (n * taps, ...trailing)
+    slots = units * per_unit
+    if batch_before_channels:  # (n, taps, B, C) -> (n, B, K)
+        patches = ops.reshape(patches, (slots, geo.taps, -1, geo.channels))
         order = (0, 2, 1, 3) if channels_last else (0, 2, 3, 1)
         patches = ops.transpose(patches, order)
-        return ops.reshape(patches, (positions, -1, geo.patch_size))
-    if channels_last:  # (c, taps, C, B) is (c, K, B) already
-        return ops.reshape(patches, (positions, geo.patch_size, -1))
-    # K ordered (channel, offsets)
-    patches = ops.reshape(patches, (positions, geo.taps, geo.channels, -1))
+        return ops.reshape(patches, (units, -1, geo.patch_size))
+    if channels_last:  # (n, taps, C, B) is (n, K, B) already
+        patches = ops.reshape(patches, (slots, geo.patch_size, -1))
+    else:  # K ordered (channel, offsets)
+        patches = ops.reshape(patches, (slots, geo.taps, geo.channels, -1))
+        patches = ops.transpose(patches, (0, 2, 1, 3))
+        patches = ops.reshape(patches, (slots, geo.patch_size, -1))
+    if per_unit == 1:
+        return patches
+    patches = ops.reshape(patches, (units, per_unit, geo.patch_size, -1))
     patches = ops.transpose(patches, (0, 2, 1, 3))
-    return ops.reshape(patches, (positions, geo.patch_size, -1))
+    return ops.reshape(patches, (units, geo.patch_size, -1))
 
 
-def _to_rows(values, geo, channels_last, batch_before_channels):
+def _to_rows(values, per_unit, geo, channels_last, batch_before_channels):
     """Values laid out as `_patches` returns them, as rows of `x_rows`."""
-    positions = values.shape[0]
-    if batch_before_channels:  # (c, B, K) -> (c, taps, B, C)
+    slots = values.shape[0] * per_unit
+    if batch_before_channels:  # (n, B, K) -> (n, taps, B, C)
         if channels_last:
-            values = ops.reshape(values, (positions, -1, geo.taps, geo.channels))
+            values = ops.reshape(values, (slots, -1, geo.taps, geo.channels))
             values = ops.transpose(values, (0, 2, 1, 3))
         else:
-            values = ops.reshape(values, (positions, -1, geo.channels, geo.taps))
+            values = ops.reshape(values, (slots, -1, geo.channels, geo.taps))
             values = ops.transpose(values, (0, 3, 1, 2))
-        return ops.reshape(values, (positions * geo.taps, -1, geo.channels))
-    if not channels_last:  # (c, C, taps, B) -> (c, taps, C, B)
-        values = ops.reshape(values, (positions, geo.channels, geo.taps, -1))
+        return ops.reshape(values, (slots * geo.taps, -1, geo.channels))
+    if per_unit > 1:  # (n, K, m * B) -> (n * m, K, B)
+        values = ops.reshape(
+            values, (-1, geo.patch_size, per_unit, ops.shape(values)[-1] // per_unit)
+        )
         values = ops.transpose(values, (0, 2, 1, 3))
-    return ops.reshape(values, (positions * geo.taps, -1))
+    if not channels_last:  # (n, C, taps, B) -> (n, taps, C, B)
+        values = ops.reshape(values, (slots, geo.channels, geo.taps, -1))
+        values = ops.transpose(values, (0, 2, 1, 3))
+    return ops.reshape(values, (slots * geo.taps, -1))
 
 
-def _contract(patches, kernel, batch_before_channels):
-    """``(c, batch, filters)``: the patches times their positions' kernels."""
+def _contract(patches, kernel, per_unit, batch_before_channels):
+    """``(units * per_unit, batch, filters)``: the patches times their units'
+    kernels."""
     if not batch_before_channels:
         patches = ops.transpose(patches, (0, 2, 1))
-    return ops.matmul(patches, kernel)
+    outputs = ops.matmul(patches, kernel)  # (n, m * B, F)
+    if per_unit == 1:
+        return outputs
+    return ops.reshape(
+        outputs, (-1, ops.shape(outputs)[1] // per_unit, kernel.shape[-1])
+    )
 
 
-def _all_at_once(x_rows, kernel, geo, channels_last, formulation):
+def _conv_takes(geo):
+    """Whether `keras.ops.conv` computes `geo` on every backend: TensorFlow
+    refuses strides > 1 with dilation > 1, even on different axes."""
+    return max(geo.strides) == 1 or max(geo.dilation_rate) == 1
+
+
+def _one_group(inputs, kernel, geo, channels_last):
+    """``(batch, *out, filters)``: one kernel shared by every position, a
+    convolution, computed by `keras.ops.conv` in channels_last (which every
+    backend runs on a CPU) after this engine's own padding."""
+    kernel = _kernel_rows(kernel, 0, 1)[0]  # (K, F)
+    rank = geo.rank
+    if channels_last:  # K ordered (offsets..., channel)
+        kernel = ops.reshape(kernel, (*geo.kernel_size, geo.channels, -1))
+        x = inputs
+    else:  # (channel, offsets...)
+        kernel = ops.reshape(kernel, (geo.channels, *geo.kernel_size, -1))
+        kernel = ops.moveaxis(kernel, 0, -2)
+        x = ops.transpose(inputs, (0, *range(2, rank + 2), 1))
+    if any(lo or hi for lo, hi in geo.pads):
+        if geo.pad_mode == "zeros":
+            x = ops.pad(x, ((0, 0), *geo.pads, (0, 0)))
+        else:
+            x = _pad_circular(x, geo, first_axis=1)
+    outputs = ops.conv(
+        x,
+        ops.cast(kernel, x.dtype),
+        strides=geo.strides,
+        padding="valid",
+        data_format="channels_last",
+        dilation_rate=geo.dilation_rate,
+    )
+    if channels_last:
+        return outputs
+    return ops.transpose(outputs, (0, rank + 1, *range(1, rank + 1)))
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_rows(geo, grouping):
+    """The rows of `x_rows` every unit's patches read, unit by unit:
+    ``(units * per_unit * taps,)``."""
+    rows = _shapes.gather_rows(geo)
+    if grouping is None:
+        return rows
+    slots = grouping.plan().slots
+    return rows.reshape(geo.num_positions, geo.taps)[slots].reshape(-1)
+
+
+def _all_at_once(x_rows, kernel, geo, grouping, channels_last, formulation):
     """``(P, batch, filters)``: every patch in one gather, one matmul.
 
     The backend differentiates it: its patches fit the budget of the
     schedule, and its backward pass has one gather to transpose.
     """
     layout = formulation.batch_before_channels
-    rows = _shapes.gather_rows(geo)
-    patches = _patches(x_rows, rows, geo.num_positions, geo, channels_last, layout)
-    return _contract(patches, _kernel_rows(kernel, 0, geo.num_positions), layout)
+    plan = _groups.plan_of(grouping, geo.num_positions)
+    rows = _unit_rows(geo, grouping)
+    patches = _patches(
+        x_rows, rows, plan.units, plan.per_unit, geo, channels_last, layout
+    )
+    kernel = _kernel_rows(kernel, 0, plan.units)
+    return _positions(_contract(patches, kernel, plan.per_unit, layout), plan)
+
+
+def _positions(rows, plan):
+    """``(P, batch, filters)``: `plan`'s rows of outputs as output positions,
+    padding rows dropped."""
+    if plan.order is None:
+        return rows
+    return ops.take(rows, plan.order, axis=0)
+
+
+def _rows(upstream, plan):
+    """The cotangent of `_positions`: ``(units * per_unit, batch, filters)``,
+    zero at padding rows."""
+    if plan.order is None:
+        return upstream
+    zero = ops.zeros_like(upstream[:1])
+    return ops.take(ops.concatenate([upstream, zero], axis=0), plan.fill, axis=0)
 
 
 class _Chunks:
-    """The static plan of a chunked call: which positions each chunk holds.
+    """The static plan of a chunked call: which units each chunk holds.
 
-    Every chunk has `size` consecutive positions; chunk ``i`` starts at
-    ``min(i * size, P - size)``, so that the last one, where `size` does not
-    divide P, overlaps the one before by `overlap` positions instead of
-    being shorter. The kernel and the output cotangent are sliced per chunk,
-    never copied into chunks.
+    Every chunk has `size` consecutive units (positions, ungrouped); chunk
+    ``i`` starts at ``min(i * size, units - size)``, so that the last one,
+    where `size` does not divide the units, overlaps the one before by
+    `overlap` units instead of being shorter. The kernel and the output
+    cotangent are sliced per chunk, never copied into chunks.
     """
 
-    def __init__(self, geo, size, loop_by_map):
+    def __init__(self, geo, grouping, size, loop_by_map):
         self.geo, self.size, self.loop_by_map = geo, size, loop_by_map
-        num_positions = geo.num_positions
-        self.count = math.ceil(num_positions / size)
-        self.starts = np.minimum(np.arange(self.count) * size, num_positions - size)
-        self.overlap = self.count * size - num_positions
-        positions = self.starts[:, None] + np.arange(size)
-        taps = _shapes.gather_rows(geo).reshape(num_positions, geo.taps)
-        self.rows = taps[positions].reshape(self.count, -1)  # (count, size * taps)
+        self.grouping = grouping
+        plan = _groups.plan_of(grouping, geo.num_positions)
+        self.units, self.per_unit = plan.units, plan.per_unit
+        self.count = math.ceil(self.units / size)
+        self.starts = np.minimum(np.arange(self.count) * size, self.units - size)
+        self.overlap = self.count * size - self.units
+        units = self.starts[:, None] + np.arange(size)
+        rows = _unit_rows(geo, grouping).reshape(self.units, -1)
+        self.rows = rows[units].reshape(self.count, -1)  # (count, size * m * taps)
 
-    def unique(self, stacked):
-        """``(count * size, ...)`` values per chunk position, as ``(P, ...)``."""
+    def unique(self, stacked, per_unit=1):
+        """``(count * size * per_unit, ...)`` values per chunk row, as
+        ``(units * per_unit, ...)``."""
         if not self.overlap:
             return stacked
-        tail = (self.count - 1) * self.size
-        return ops.concatenate([stacked[:tail], stacked[tail + self.overlap :]], axis=0)
+        tail = (self.count - 1) * self.size * per_unit
+        overlap = self.overlap * per_unit
+        return ops.concatenate([stacked[:tail], stacked[tail + overlap :]], axis=0)
 
     def map(self, step):
         """`step(start, rows)` for every chunk, each result stacked and
@@ -274,10 +422,10 @@ class _Chunks:
 
 
 @functools.lru_cache(maxsize=64)
-def _chunks(geo, size, loop_by_map):
+def _chunks(geo, grouping, size, loop_by_map):
     """The `_Chunks` of a geometry, built once: a layer called eagerly (torch)
     would otherwise index its row table anew on every call."""
-    return _Chunks(geo, size, loop_by_map)
+    return _Chunks(geo, grouping, size, loop_by_map)
 
 
 def _slice(values, start, size):
@@ -289,24 +437,28 @@ def _slice(values, start, size):
     return ops.slice(values, (start, *[0] * (len(shape) - 1)), (size, *shape[1:]))
 
 
-def _chunked(x_rows, kernel, geo, channels_last, formulation):
-    """``(P, batch, filters)``, `formulation.chunk` positions at a time.
+def _chunked(x_rows, kernel, geo, grouping, channels_last, formulation):
+    """``(P, batch, filters)``, `formulation.chunk` units at a time.
 
     Its gradient is `_chunked_backward`, one more pass over the chunks: the
     backend's own would write an input-sized gradient per chunk and keep (or
     recompute the matmul of) every chunk's patches.
     """
     layout = formulation.batch_before_channels
-    chunks = _chunks(geo, formulation.chunk, formulation.loop_by_map)
+    chunks = _chunks(geo, grouping, formulation.chunk, formulation.loop_by_map)
+    size, per_unit = chunks.size, chunks.per_unit
+    plan = _groups.plan_of(grouping, geo.num_positions)
 
     def forward(x_rows, kernel):
         def step(start, rows):
-            patches = _patches(x_rows, rows, chunks.size, geo, channels_last, layout)
-            kernel_rows = _kernel_rows(kernel, start, chunks.size)
-            return (_contract(patches, kernel_rows, layout),)
+            patches = _patches(x_rows, rows, size, per_unit, geo, channels_last, layout)
+            kernel_rows = _kernel_rows(kernel, start, size)
+            return (_contract(patches, kernel_rows, per_unit, layout),)
 
         (outputs,) = chunks.map(step)
-        return chunks.unique(outputs)
+        # Reordered inside the custom gradient: the cotangent of a gather,
+        # outside, would reach it sparse on TensorFlow (`IndexedSlices`).
+        return _positions(chunks.unique(outputs, per_unit), plan)
 
     if keras.backend.backend() not in _DIFFERENTIABLE:
         return forward(x_rows, kernel)
@@ -325,7 +477,12 @@ def _chunked(x_rows, kernel, geo, channels_last, formulation):
                 if upstream is None:
                     (upstream,) = args
                 d_x_rows = _input_gradient(
-                    x_rows, encoded, upstream, chunks, channels_last, formulation
+                    x_rows,
+                    encoded,
+                    _rows(upstream, plan),
+                    chunks,
+                    channels_last,
+                    formulation,
                 )
                 return (d_x_rows, *[None] * len(parts))
 
@@ -339,6 +496,7 @@ def _chunked(x_rows, kernel, geo, channels_last, formulation):
         def gradient(*args, upstream=None):
             if upstream is None:  # JAX and TensorFlow pass it positionally
                 (upstream,) = args
+            upstream = _rows(upstream, plan)
             return _chunked_backward(
                 x_rows, kernel, upstream, chunks, channels_last, formulation
             )
@@ -357,13 +515,14 @@ def _chunked_backward(x_rows, kernel, upstream, chunks, channels_last, formulati
     patches (one gather) and multiplies them by its cotangent. The input
     gradient is `_input_gradient`'s.
     """
-    geo, size = chunks.geo, chunks.size
+    geo, size, per_unit = chunks.geo, chunks.size, chunks.per_unit
     layout = formulation.batch_before_channels
 
     def kernel_gradient(start, rows):
-        patches = _patches(x_rows, rows, size, geo, channels_last, layout)
-        cotangent = _slice(upstream, start, size)  # (c, B, F)
-        if layout:  # patches (c, B, K)
+        patches = _patches(x_rows, rows, size, per_unit, geo, channels_last, layout)
+        cotangent = _slice(upstream, start * per_unit, size * per_unit)
+        cotangent = _by_unit(cotangent, per_unit)  # (c, m * B, F)
+        if layout:  # patches (c, m * B, K)
             patches = ops.transpose(patches, (0, 2, 1))
         return (ops.matmul(patches, cotangent),)  # (c, K, F)
 
@@ -384,25 +543,26 @@ def _input_gradient(x_rows, kernel, upstream, chunks, channels_last, formulation
     is recomputed, no input-sized tensor is written per chunk, and no
     chunk's contributions are stacked or copied.
     """
-    geo, size = chunks.geo, chunks.size
+    geo, size, per_unit = chunks.geo, chunks.size, chunks.per_unit
     layout = formulation.batch_before_channels
     scatter_add = formulation.scatter_add
     if scatter_add is None:
         scatter_add = _transpose.HAS_SCATTER_ADD
-    num_rows, num_positions = math.prod(geo.padded_shape), geo.num_positions
-    all_rows = _shapes.gather_rows(geo)
+    num_rows, units = math.prod(geo.padded_shape), chunks.units
+    all_rows = _unit_rows(geo, chunks.grouping)
     d_x_rows = ops.zeros((num_rows, *ops.shape(x_rows)[1:]), x_rows.dtype)
     step = (formulation.group or chunks.count) * size
-    for first in range(0, num_positions, step):
-        last = min(first + step, num_positions)
-        cotangent = upstream[first:last]
+    rows_per_unit = per_unit * geo.taps
+    for first in range(0, units, step):
+        last = min(first + step, units)
+        cotangent = _by_unit(upstream[first * per_unit : last * per_unit], per_unit)
         kernel_g = _kernel_rows(kernel, first, last - first)
-        if layout:  # (n, B, F) @ (n, F, K) -> (n, B, K)
+        if layout:  # (n, m * B, F) @ (n, F, K) -> (n, m * B, K)
             contributions = ops.matmul(cotangent, ops.transpose(kernel_g, (0, 2, 1)))
-        else:  # (n, K, F) @ (n, F, B) -> (n, K, B)
+        else:  # (n, K, F) @ (n, F, m * B) -> (n, K, m * B)
             contributions = ops.matmul(kernel_g, ops.transpose(cotangent, (0, 2, 1)))
-        contributions = _to_rows(contributions, geo, channels_last, layout)
-        rows = all_rows[first * geo.taps : last * geo.taps]
+        contributions = _to_rows(contributions, per_unit, geo, channels_last, layout)
+        rows = all_rows[first * rows_per_unit : last * rows_per_unit]
         if scatter_add:
             d_x_rows = ops.scatter_update(
                 d_x_rows, rows[:, None], contributions, reduction="add"
@@ -414,8 +574,24 @@ def _input_gradient(x_rows, kernel, upstream, chunks, channels_last, formulation
     return d_x_rows
 
 
-def _output(outputs, bias, geo, channels_last):
-    """``(P, B, F)`` plus the bias, as ``(B, *out, F)`` or ``(B, F, *out)``."""
+def _by_unit(values, per_unit):
+    """``(n * per_unit, B, F)`` values as ``(n, per_unit * B, F)``."""
+    if per_unit == 1:
+        return values
+    shape = ops.shape(values)
+    return ops.reshape(values, (-1, per_unit * shape[1], shape[2]))
+
+
+def _output(outputs, bias, geo, channels_last, spatial=False):
+    """``(P, B, F)`` plus the bias ``(P, F)``, as ``(B, *out, F)`` or
+    ``(B, F, *out)``; with `spatial`, outputs already in that layout."""
+    if spatial:
+        if bias is not None:
+            bias = ops.reshape(bias, (*geo.output_shape, -1))
+            if not channels_last:
+                bias = ops.moveaxis(bias, -1, 0)
+            outputs = outputs + bias
+        return outputs
     filters = outputs.shape[-1]
     if bias is not None:
         outputs = outputs + ops.expand_dims(bias, 1)

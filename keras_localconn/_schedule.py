@@ -59,6 +59,8 @@ class Formulation(NamedTuple):
         scatter_add: the backward pass adds contributions with one
             scatter-add (Keras >= 3.14), else with a segment sum; None for
             what this Keras has.
+        conv: one position group (a shared kernel) computes as
+            `keras.ops.conv`, else as any other grouping.
     """
 
     chunk: int | None = None
@@ -66,6 +68,7 @@ class Formulation(NamedTuple):
     loop_by_map: bool = True
     group: int | None = None
     scatter_add: bool | None = None
+    conv: bool = True
 
 
 class _BackendPolicy(NamedTuple):
@@ -115,8 +118,10 @@ def _largest_divisor_near(n, target):
     return target
 
 
-def chunk_positions(geo, batch, itemsize, filters, cache_bytes, decoded=False):
-    """Output positions per chunk, or None for all positions at once.
+def chunk_positions(
+    geo, batch, itemsize, filters, cache_bytes, decoded=False, units=None, per_unit=1
+):
+    """Output positions (units) per chunk, or None for all at once.
 
     `cache_bytes`: the patches of one chunk fill it; None (an accelerator)
     for no cache term. All positions go at once where their patches fit it,
@@ -130,38 +135,44 @@ def chunk_positions(geo, batch, itemsize, filters, cache_bytes, decoded=False):
     all positions go at once only where the whole decoded kernel and the
     patches fit the cache (decoding it whole would write, and read back, a
     float kernel larger than the encoded one).
+
+    With position groups, `units` units of `per_unit` positions each share
+    a kernel (`_groups.Plan`): a unit weighs ``per_unit`` positions'
+    patches and one kernel, and chunks hold whole units.
     """
-    per_position = geo.patch_size * _known(batch) * itemsize
-    kernel = geo.num_positions * geo.patch_size * filters * itemsize
+    units = geo.num_positions if units is None else units
+    per_position = geo.patch_size * _known(batch) * per_unit * itemsize
+    kernel = units * geo.patch_size * filters * itemsize
     if decoded and cache_bytes is not None:
         per_position += geo.patch_size * filters * itemsize
-        if geo.num_positions * per_position <= cache_bytes:
+        if units * per_position <= cache_bytes:
             return None
         budget = cache_bytes
     elif cache_bytes is None:
-        if geo.num_positions * per_position <= kernel:
+        if units * per_position <= kernel:
             return None
         budget = kernel
     else:
-        patches = geo.num_positions * per_position
+        patches = units * per_position
         if patches <= cache_bytes or 4 * patches < kernel:
             return None
         budget = cache_bytes
     chunk = max(1, budget // per_position)
-    return _largest_divisor_near(geo.num_positions, min(chunk, geo.num_positions))
+    return _largest_divisor_near(units, min(chunk, units))
 
 
-def backward_group(geo, batch, itemsize, filters, chunk, cache_bytes):
+def backward_group(
+    geo, batch, itemsize, filters, chunk, cache_bytes, units=None, per_unit=1
+):
     """Chunks whose input-gradient contributions are held at once: as many
     as fit in the kernel's bytes (at least one cache's worth); None for all."""
     if chunk is None:
         return None
-    per_chunk = chunk * geo.patch_size * _known(batch) * itemsize
-    budget = max(
-        geo.num_positions * geo.patch_size * filters * itemsize, cache_bytes or 0
-    )
+    units = geo.num_positions if units is None else units
+    per_chunk = chunk * geo.patch_size * _known(batch) * per_unit * itemsize
+    budget = max(units * geo.patch_size * filters * itemsize, cache_bytes or 0)
     group = max(1, budget // per_chunk)
-    return None if group >= math.ceil(geo.num_positions / chunk) else int(group)
+    return None if group >= math.ceil(units / chunk) else int(group)
 
 
 def _known(batch):
@@ -170,25 +181,40 @@ def _known(batch):
     return ASSUMED_BATCH
 
 
-def formulation(geo, batch, dtype, filters, backend=None, decoded=False):
+def formulation(
+    geo,
+    batch,
+    dtype,
+    filters,
+    backend=None,
+    decoded=False,
+    units=None,
+    per_unit=1,
+):
     """The `Formulation` for `geo` under `backend` (default: Keras').
 
     `batch` may be None or symbolic; `dtype` is the inputs' dtype; `decoded`:
-    the kernel is decoded chunk by chunk (`chunk_positions`). Choices pinned
-    with `pinned` replace the rule's.
+    the kernel is decoded chunk by chunk; `units` and `per_unit`: position
+    groups' units (`chunk_positions`). Choices pinned with `pinned` replace
+    the rule's.
     """
     policy = _POLICIES.get(backend or keras.backend.backend(), _DEFAULT_POLICY)
     itemsize = np.dtype(keras.backend.standardize_dtype(dtype)).itemsize
     choices = getattr(_pinned, "choices", {})
     cache_bytes = None if _machine.on_accelerator() else _machine.cache_bytes()
+    units = geo.num_positions if units is None else units
+    shape = dict(units=units, per_unit=per_unit)
     chunk = choices.get(
-        "chunk", chunk_positions(geo, batch, itemsize, filters, cache_bytes, decoded)
+        "chunk",
+        chunk_positions(geo, batch, itemsize, filters, cache_bytes, decoded, **shape),
     )
-    many = chunk is not None and math.ceil(geo.num_positions / chunk) > MAX_UNROLLED
+    many = chunk is not None and math.ceil(units / chunk) > MAX_UNROLLED
     rule = Formulation(
         chunk=chunk,
         batch_before_channels=policy.batch_before_channels,
         loop_by_map=policy.loop_by_map or (many and policy.unrolls),
-        group=backward_group(geo, batch, itemsize, filters, chunk, cache_bytes),
+        group=backward_group(
+            geo, batch, itemsize, filters, chunk, cache_bytes, **shape
+        ),
     )
     return rule._replace(**choices)

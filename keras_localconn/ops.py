@@ -131,16 +131,23 @@ class LocalConv(keras.Operation):
     `arguments`: `local_conv`'s, from `kernel_size` to `data_format`.
     """
 
-    def __init__(self, *arguments):
+    def __init__(self, *arguments, position_groups=None):
         super().__init__()
         self.arguments = arguments
+        self.position_groups = position_groups
 
     def call(self, inputs, kernel):
-        return _local_conv.local_conv(inputs, kernel, *self.arguments)
+        return _local_conv.local_conv(
+            inputs, kernel, *self.arguments, position_groups=self.position_groups
+        )
 
     def compute_output_spec(self, inputs, kernel):
-        geo, channels_last = _local_conv.checked_geometry(
-            inputs, kernel, *self.arguments, owner="local_conv"
+        geo, channels_last, _ = _local_conv.checked_geometry(
+            inputs,
+            kernel,
+            *self.arguments,
+            owner="local_conv",
+            position_groups=self.position_groups,
         )
         shape = _local_conv.output_shape(
             geo, inputs.shape[0], kernel.shape[-1], channels_last
@@ -181,18 +188,21 @@ def local_conv(
     padding: str | int | Sequence = "valid",
     dilation_rate: int | Sequence[int] = 1,
     data_format: str | None = None,
+    position_groups: Any = None,
 ) -> Any:
     """Locally connected N-D convolution (unshared weights), without bias.
 
     Like `keras.ops.conv`, except that every output position has its own
-    filters. Works for 1, 2 and 3 spatial dimensions on every Keras backend.
+    filters, or, with `position_groups`, every group of positions. Works for
+    1, 2 and 3 spatial dimensions on every Keras backend.
 
     Args:
         inputs: Tensor of rank N + 2, ``(batch, *spatial, channels)`` if
             `data_format` is ``"channels_last"`` or ``(batch, channels,
             *spatial)`` if ``"channels_first"``. Spatial sizes must be static.
         kernel: Tensor of shape ``(P, K, filters)``: ``P`` is the product of
-            the output spatial sizes (row-major order of output positions),
+            the output spatial sizes (row-major order of output positions);
+            ``(T, K, filters)`` with ``T`` position groups,
             ``K = prod(kernel_size) * channels``, ordered (kernel offsets...,
             channel) for ``channels_last`` and (channel, kernel offsets...)
             for ``channels_first``; the layout of Keras 2's
@@ -214,6 +224,16 @@ def local_conv(
             dilation > 1 cannot be combined on one axis.
         data_format: ``"channels_last"``, ``"channels_first"`` or None
             (`keras.config.image_data_format()`).
+        position_groups: output positions that share a kernel. None (the
+            default): every position has its own. A **block shape**, an int
+            or N positive ints: the output positions cut into blocks of that
+            many neighbours per axis (partial blocks at the far edges), one
+            kernel per block, blocks in row-major order. A **map**, an
+            integer array (or nested list) of the output spatial shape:
+            position ``p`` uses kernel ``position_groups[p]``, values
+            ``0 .. T-1``, each used (``np.indices(out).sum(0) % 2``, bands,
+            mirror-symmetric halves, any partition). One group is
+            `keras.ops.conv` with that kernel.
 
     Returns:
         Tensor of rank N + 2: ``(batch, *out, filters)`` for
@@ -231,11 +251,22 @@ def local_conv(
     (2, 3, 4)
     >>> float(y[0, 0, 0])
     9.0
+
+    Two kernels, one per half of the output (blocks of 2 positions):
+
+    >>> x = np.ones((2, 6, 3), "float32")  # 4 output positions
+    >>> kernel = np.stack([np.ones((9, 4)), -np.ones((9, 4))]).astype("float32")
+    >>> y = local_conv(x, kernel, kernel_size=3, position_groups=2)
+    >>> [float(v) for v in y[0, :, 0]]
+    [9.0, 9.0, -9.0, -9.0]
     """
     arguments = (kernel_size, strides, padding, dilation_rate, data_format)
     if _symbolic(inputs, kernel):
-        return LocalConv(*arguments).symbolic_call(inputs, kernel)
-    return _local_conv.local_conv(inputs, kernel, *arguments)
+        operation = LocalConv(*arguments, position_groups=position_groups)
+        return operation.symbolic_call(inputs, kernel)
+    return _local_conv.local_conv(
+        inputs, kernel, *arguments, position_groups=position_groups
+    )
 
 
 def local_conv_transpose(
@@ -342,7 +373,10 @@ def formulation(**choices: Any) -> Iterator[None]:
             ``group`` (chunks whose input-gradient contributions the
             backward pass adds at once; None for all),
             ``scatter_add`` (the backward pass adds them with one scatter-add,
-            Keras >= 3.14, else with a segment sum).
+            Keras >= 3.14, else with a segment sum),
+            ``conv`` (one position group computes as `keras.ops.conv`, else
+            as a grouped matmul). With position groups, ``chunk`` counts
+            *units*: groups, or equal parts of the larger groups.
 
     Raises:
         TypeError: for a choice not named above.

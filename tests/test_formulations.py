@@ -54,7 +54,7 @@ if not _transpose.HAS_SCATTER_ADD:  # Keras < 3.14: the segment sum only
 
 
 def _formulation_id(formulation):
-    chunk, batch_first, by_map, group, scatter_add = formulation
+    chunk, batch_first, by_map, group, scatter_add, conv = formulation
     return (
         f"{'all' if chunk is None else f'chunk{chunk}'}"
         f"-{'bc' if batch_first else 'cb'}"
