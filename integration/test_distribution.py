@@ -192,6 +192,24 @@ def test_layout_map_rejects_a_kernel_whose_positions_the_axis_does_not_divide():
         positions_layout_map(_mesh(), model)
 
 
+def test_layout_map_shards_a_grouped_kernel_over_its_groups():
+    model = keras.Sequential(
+        [
+            keras.Input((10, 2)),
+            LocallyConnected1D(3, 3, position_groups=2, name="lc"),  # T = 4
+            LocallyConnected1D(3, 3, position_groups=3, name="odd"),  # T = 2
+        ],
+        name="net",
+    )
+    layout_map = positions_layout_map(_mesh(), model, name_pattern=r"(?:.*/)?lc")
+    assert _axes(layout_map) == {
+        "net/lc/kernel": ("model", None, None),
+        "net/lc/bias": ("model", None),
+    }
+    with pytest.raises(ValueError, match=r"'odd' has 2 position groups.*size 4"):
+        positions_layout_map(_mesh(), model)
+
+
 def test_layout_map_rejects_a_transposed_kernel_whose_input_positions_do_not_divide():
     model = keras.Sequential(
         [keras.Input((3, 2, 2)), LocallyConnected2DTranspose(3, 2, name="lct")]

@@ -4,11 +4,12 @@
 >>> sorted(keras_localconn.__all__)  # doctest: +NORMALIZE_WHITESPACE
 ['LocallyConnected1D', 'LocallyConnected1DTranspose', 'LocallyConnected2D',
  'LocallyConnected2DTranspose', 'LocallyConnected3D',
- 'LocallyConnected3DTranspose', 'from_conv', 'legacy', 'ops', 'to_conv']
+ 'LocallyConnected3DTranspose', 'from_conv', 'legacy', 'ops', 'to_conv',
+ 'untie']
 """
 
 from keras_localconn import ops
-from keras_localconn.conversion import from_conv, to_conv
+from keras_localconn.conversion import from_conv, to_conv, untie
 from keras_localconn.layers import (
     LocallyConnected1D,
     LocallyConnected1DTranspose,
@@ -31,6 +32,7 @@ __all__ = [
     "legacy",
     "ops",
     "to_conv",
+    "untie",
 ]
 
 

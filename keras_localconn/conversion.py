@@ -1,11 +1,13 @@
-"""Between shared and unshared weights: `from_conv` and `to_conv`.
+"""Between shared and unshared weights: `from_conv`, `untie` and `to_conv`.
 
 A convolution is a locally connected layer whose kernels are all equal, so
 `from_conv` unties a `keras.layers.Conv1D/2D/3D` into a
 `LocallyConnected1D/2D/3D` that computes the same outputs (the DeepFace
-recipe: start unshared weights from a trained convolution), and `to_conv`
-ties a locally connected layer back into a convolution whose kernel and bias
-are the averages over output positions (exact when they are all equal).
+recipe: start unshared weights from a trained convolution), with one kernel
+per output position or per group of positions (`position_groups`); `untie`
+gives a grouped layer one kernel per position, and `to_conv` ties a locally
+connected layer back into a convolution whose kernel and bias are the
+averages over output positions (exact when they are all equal).
 
 Untying chosen layers of a trained model, keeping its outputs:
 `keras.models.clone_model` rebuilds the model, `clone_function` replaces the
@@ -46,6 +48,7 @@ True
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_localconn import _shapes
@@ -56,7 +59,7 @@ from keras_localconn.layers import (
     LocallyConnected3D,
 )
 
-__all__ = ["from_conv", "to_conv"]
+__all__ = ["from_conv", "to_conv", "untie"]
 
 _LOCAL_LAYERS = {1: LocallyConnected1D, 2: LocallyConnected2D, 3: LocallyConnected3D}
 _CONV_LAYERS = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
@@ -83,15 +86,16 @@ _SHARED_ARGUMENTS = (
 )
 
 
-def from_conv(conv_layer, input_shape=None):
+def from_conv(conv_layer, input_shape=None, position_groups=None):
     """A `LocallyConnected*D` equal to a convolution, its kernel at every position.
 
     The new layer has the configuration of `conv_layer` (name, dtype policy,
     filters, kernel_size, strides, padding, dilation_rate, data_format,
     activation, use_bias, initializers, regularizers and constraints) and is
-    built for one input shape: every output position gets a copy of the
+    built for one input shape: every output position (or, with
+    `position_groups`, every group of positions) gets a copy of the
     convolution's kernel and of its bias, so its outputs equal the
-    convolution's. From there the positions can learn apart.
+    convolution's. From there the positions (or groups) can learn apart.
 
     A regularizer now applies to every position's copy: an L2 penalty on the
     kernel grows with the number of output positions.
@@ -104,6 +108,9 @@ def from_conv(conv_layer, input_shape=None):
             axis, spatial sizes known. Defaults to the shape `conv_layer`
             was built with; needed when that is unknown or has unknown
             spatial sizes (a fully convolutional model).
+        position_groups: the new layer's `position_groups` (see
+            `LocallyConnected2D`): None for a kernel per output position, a
+            block shape or a map of the output shape for one per group.
 
     Returns:
         A built `LocallyConnected1D`, `2D` or `3D`.
@@ -141,7 +148,9 @@ def from_conv(conv_layer, input_shape=None):
         conv_layer.build(input_shape)
     config = conv_layer.get_config()
     arguments = {name: config[name] for name in _SHARED_ARGUMENTS if name in config}
-    local = _LOCAL_LAYERS[rank](padding=conv_layer.padding, **arguments)
+    local = _LOCAL_LAYERS[rank](
+        padding=conv_layer.padding, position_groups=position_groups, **arguments
+    )
     local.build(input_shape)
 
     # Keras' Conv kernel is (*kernel_size, channels, filters) in both data
@@ -163,11 +172,12 @@ def to_conv(lc_layer):
     The inverse of `from_conv`: exact when every output position holds the
     same kernel and bias (a layer made by `from_conv`, or trained with tied
     weights), and otherwise the convolution whose weights are closest to
-    the layer's (least squares over positions). The configuration (name, dtype
-    policy, filters, kernel_size, strides, padding, dilation_rate,
-    data_format, activation, use_bias, initializers, regularizers,
-    constraints) carries over; the convolution is built for the input shape
-    of `lc_layer`.
+    the layer's (least squares over positions: with `position_groups`,
+    each group's kernel weighs as many times as it has positions). The
+    configuration (name, dtype policy, filters, kernel_size, strides,
+    padding, dilation_rate, data_format, activation, use_bias, initializers,
+    regularizers, constraints) carries over; the convolution is built for
+    the input shape of `lc_layer`.
 
     On TensorFlow and a CPU, a `Conv1D` with `data_format="channels_first"`
     is refused by TensorFlow's kernels, and with oneDNN on it runs and, on
@@ -238,9 +248,11 @@ def to_conv(lc_layer):
         )
     conv.build(input_shape)
 
-    # (P, K, filters) -> the mean (K, filters) -> (*kernel_size, channels,
-    # filters), undoing the channels_first patch order (channel, offsets...).
-    kernel = ops.mean(ops.convert_to_tensor(lc_layer.kernel), axis=0)
+    # (P or T, K, filters) -> the mean over positions (K, filters) ->
+    # (*kernel_size, channels, filters), undoing the channels_first patch
+    # order (channel, offsets...).
+    weights = _position_weights(lc_layer)
+    kernel = ops.tensordot(weights, ops.convert_to_tensor(lc_layer.kernel), axes=1)
     channels = kernel.shape[0] // math.prod(lc_layer.kernel_size)
     if lc_layer.data_format == "channels_first":
         kernel = ops.reshape(kernel, (channels, *lc_layer.kernel_size, -1))
@@ -248,8 +260,86 @@ def to_conv(lc_layer):
     conv.kernel.assign(ops.reshape(kernel, conv.kernel.shape))
     if lc_layer.use_bias:
         bias = ops.reshape(lc_layer.bias, (-1, lc_layer.filters))
-        conv.bias.assign(ops.mean(bias, axis=0))
+        conv.bias.assign(ops.tensordot(weights, bias, axes=1))
     return conv
+
+
+def _position_weights(lc_layer):
+    """``(P or T,)`` float32: the share of the output positions each kernel
+    of `lc_layer` serves (``1 / P`` each, without groups)."""
+    grouping = lc_layer._built_grouping
+    if grouping is None:
+        count = lc_layer.kernel.shape[0]
+        return np.full((count,), 1 / count, dtype="float32")
+    sizes = np.bincount(grouping.groups, minlength=grouping.count)
+    return (sizes / sizes.sum()).astype("float32")
+
+
+def untie(lc_layer):
+    """The `LocallyConnected*D` with one kernel per output position that
+    computes what `lc_layer`, built with `position_groups`, computes.
+
+    Every output position gets a copy of its group's kernel and bias; the
+    configuration, name included, is `lc_layer`'s with
+    ``position_groups=None``, built for the same input shape. From there the
+    positions can learn apart (start a locally connected layer from a
+    trained grouped one, as `from_conv` starts one from a convolution). A
+    layer without groups gives an equal copy.
+
+    Args:
+        lc_layer: a built `LocallyConnected1D`, `2D` or `3D`.
+
+    Returns:
+        A built layer of the same class.
+
+    Raises:
+        TypeError: `lc_layer` is not a locally connected layer.
+        ValueError: it is not built.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras
+    >>> import keras_localconn
+    >>> blocks = keras_localconn.LocallyConnected2D(4, 3, position_groups=(2, 3))
+    >>> x = np.random.default_rng(0).normal(size=(1, 8, 8, 2))
+    >>> y = blocks(x)  # 6x6 outputs in 3x2 blocks of 2x3 positions
+    >>> tuple(blocks.kernel.shape), tuple(blocks.bias.shape)
+    ((6, 18, 4), (6, 4))
+    >>> untied = keras_localconn.untie(blocks)
+    >>> tuple(untied.kernel.shape), tuple(untied.bias.shape)
+    ((36, 18, 4), (6, 6, 4))
+    >>> bool(keras.ops.all(keras.ops.isclose(untied(x), y, atol=1e-5)))
+    True
+    """
+    if not isinstance(lc_layer, BaseLocallyConnected):
+        raise TypeError(
+            f"untie: expected a LocallyConnected1D, 2D or 3D layer. Received "
+            f"{type(lc_layer).__name__} '{getattr(lc_layer, 'name', lc_layer)}'"
+        )
+    owner = f"untie: layer '{lc_layer.name}'"
+    input_shape = (lc_layer.get_build_config() or {}).get("input_shape")
+    if not lc_layer.built or input_shape is None:
+        raise ValueError(
+            f"{owner} is not built: the output positions, and so the kernels "
+            f"to copy, follow from the input shape. Build it (or call it on an "
+            f"input) first."
+        )
+    config = {**lc_layer.get_config(), "position_groups": None}
+    untied = type(lc_layer).from_config(config)
+    untied.build(input_shape)
+    grouping = lc_layer._built_grouping
+    kernel = ops.convert_to_tensor(lc_layer.kernel)
+    bias = lc_layer.bias
+    if grouping is not None:
+        groups = ops.convert_to_tensor(grouping.groups.astype("int32"))
+        kernel = ops.take(kernel, groups, axis=0)
+        if bias is not None:
+            bias = ops.take(bias, groups, axis=0)
+    untied.kernel.assign(kernel)
+    if bias is not None:
+        untied.bias.assign(ops.reshape(bias, untied.bias.shape))
+    return untied
 
 
 def _conv_rank(conv_layer):

@@ -7,7 +7,9 @@ each device then holds the filters of ``P / n`` output positions, and the
 matmul that applies them, batched over positions, splits along that axis with
 no communication inside the contraction. The transposed layers' kernels
 ``(P, K, channels)`` have one matrix per *input* position and shard the same
-way (their scatter-add into the output then gathers across devices).
+way (their scatter-add into the output then gathers across devices). A layer
+with `position_groups` has one matrix per group, ``(T, K, filters)``, and
+shards over its groups.
 
 `positions_layout_map` writes those layouts into a `keras.distribution.LayoutMap`
 for `keras.distribution.ModelParallel`. It uses only `keras` (no backend import);
@@ -145,7 +147,7 @@ def positions_layout_map(
         if num_positions % axis_size:
             raise ValueError(
                 f"positions_layout_map: layer {layer.name!r} has {num_positions} "
-                f"{_positions_kind(layer)} positions (kernel shape "
+                f"{_positions_kind(layer)} (kernel shape "
                 f"{tuple(layer.kernel.shape)}), "
                 f"which the mesh axis {axis_name!r} of size {axis_size} does "
                 f"not divide. Change the mesh or the layer's output shape, or "
@@ -159,10 +161,13 @@ def positions_layout_map(
 
 
 def _positions_kind(layer):
-    """What the kernel's positions axis counts: output or input positions."""
+    """What the kernel's leading axis counts: output or input positions, or
+    position groups."""
     if isinstance(layer, BaseLocallyConnectedTranspose):
-        return "input"
-    return "output"
+        return "input positions"
+    if layer.position_groups is not None:
+        return "position groups"
+    return "output positions"
 
 
 def _kernel_path_regex(name_pattern):

@@ -183,7 +183,7 @@ class LocalBase(Layer):
         if self.use_bias:
             self.bias = self.add_weight(
                 name="bias",
-                shape=(*self._output_spatial_shape(geo), self.filters),
+                shape=self._bias_shape(geo),
                 initializer=self.bias_initializer,
                 regularizer=self.bias_regularizer,
                 constraint=self.bias_constraint,
@@ -192,6 +192,13 @@ class LocalBase(Layer):
             )
         else:
             self.bias = None
+
+    def _bias_shape(self, geo):
+        return (*self._output_spatial_shape(geo), self.filters)
+
+    def _engine_options(self):
+        """Keyword arguments of `_engine` beyond the bias and the owner."""
+        return {}
 
     def _kernel_too_large(self, kernel_shape, geo, error):
         dtype = self.dtype or "float32"
@@ -223,6 +230,7 @@ class LocalBase(Layer):
             self.data_format,
             bias=bias,
             owner=self._owner,
+            **self._engine_options(),
         )
         if self.activation is not None:
             outputs = self.activation(outputs)

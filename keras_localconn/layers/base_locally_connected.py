@@ -4,7 +4,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from keras_localconn import _arguments, _local_conv, _shapes
+from keras_localconn import _arguments, _groups, _local_conv, _shapes
 from keras_localconn.layers._base import LocalBase
 
 _IMPLEMENTATIONS = (1, 2, 3)
@@ -13,7 +13,8 @@ _IMPLEMENTATIONS = (1, 2, 3)
 class BaseLocallyConnected(LocalBase):
     """N-D locally connected layer: a convolution with unshared weights.
 
-    Every output position has its own `(K, filters)` kernel. Public layers
+    Every output position has its own `(K, filters)` kernel, or, with
+    `position_groups`, every group of positions (`_groups`). Public layers
     (`LocallyConnected1D`, `2D`, `3D`) are thin subclasses that fix `rank`.
 
     The positional order of the arguments is Keras 2's (`activation` follows
@@ -33,6 +34,7 @@ class BaseLocallyConnected(LocalBase):
         *args: Any,
         implementation: int = 1,
         dilation_rate: int | Sequence[int] = 1,
+        position_groups: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(rank, filters, data_format, *args, **kwargs)
@@ -63,6 +65,7 @@ class BaseLocallyConnected(LocalBase):
                 stacklevel=3,
             )
         self.implementation = implementation
+        self.position_groups = _groups.standardize(position_groups, rank, owner)
 
     _engine = staticmethod(_local_conv.local_conv)
 
@@ -76,8 +79,33 @@ class BaseLocallyConnected(LocalBase):
     def _output_spatial_shape(self, geo):
         return geo.output_shape
 
+    def _grouping(self, geo):
+        """The `_groups.Grouping` of the built output shape, or None."""
+        return _groups.resolve(self.position_groups, geo.output_shape, self._owner)
+
+    def build(self, input_shape):
+        # Resolved (and a map checked against the output shape) once.
+        self._built_grouping = self._grouping(self._geometry(input_shape))
+        super().build(input_shape)
+
     def _kernel_shape(self, geo, channels):
-        return geo.kernel_shape(self.filters)
+        grouping = self._grouping(geo)
+        if grouping is None:
+            return geo.kernel_shape(self.filters)
+        return (grouping.count, geo.patch_size, self.filters)
+
+    def _bias_shape(self, geo):
+        grouping = self._grouping(geo)
+        if grouping is None:
+            return super()._bias_shape(geo)
+        return (grouping.count, self.filters)
+
+    def _engine_options(self):
+        return {"position_groups": self._built_grouping}
 
     def get_config(self):
-        return {**super().get_config(), "implementation": self.implementation}
+        return {
+            **super().get_config(),
+            "implementation": self.implementation,
+            "position_groups": _groups.serialize(self.position_groups),
+        }

@@ -56,6 +56,16 @@ class LocallyConnected1D(BaseLocallyConnected):
             2's implementation-1 layout. Keras 2 weights saved with
             implementation 2 or 3 are converted by `keras_localconn.legacy`.
         dilation_rate: int or tuple of 1 ints, the dilation of the kernel.
+        position_groups: which output positions share a kernel. None (the
+            default): each has its own. A block shape (an int or 1 positive
+            ints): blocks of that many neighbouring output positions per
+            axis share one, blocks in row-major order, partial blocks at the
+            far edges. An integer array (or nested list) of the output
+            spatial shape: position `o` uses kernel `position_groups[o]`,
+            values `0 .. T-1`, each used (tiles: `np.indices(out) % t`
+            combined into one id, bands, mirror-symmetric halves). With one
+            group the layer is `keras.layers.Conv1D`. See the "Position
+            groups" page.
         **kwargs: Base layer keyword arguments (`name`, `dtype`,
             `trainable`, ...).
 
@@ -73,9 +83,11 @@ class LocallyConnected1D(BaseLocallyConnected):
           (output positions in row-major order) and
           `K = prod(kernel_size) * channels`, ordered (kernel offsets...,
           channel) for `"channels_last"` and (channel, kernel offsets...)
-          for `"channels_first"`: Keras 2's implementation-1 layout.
+          for `"channels_first"`: Keras 2's implementation-1 layout. With
+          `position_groups`, `(T, K, filters)`: one kernel per group.
         - bias: `(*output spatial shape, filters)`; `bias[o..., f]` is added
-          at output position `o`, filter `f`, in both data formats.
+          at output position `o`, filter `f`, in both data formats. With
+          `position_groups`, `(T, filters)`: one bias per group.
 
     Example:
 
@@ -122,6 +134,7 @@ class LocallyConnected1D(BaseLocallyConnected):
         bias_constraint: str | dict | Constraint | None = None,
         implementation: int = 1,
         dilation_rate: int | Sequence[int] = 1,
+        position_groups: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -142,5 +155,6 @@ class LocallyConnected1D(BaseLocallyConnected):
             bias_constraint=bias_constraint,
             implementation=implementation,
             dilation_rate=dilation_rate,
+            position_groups=position_groups,
             **kwargs,
         )
