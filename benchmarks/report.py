@@ -22,7 +22,7 @@ import json
 import math
 import pathlib
 
-from benchmarks import models
+from benchmarks import groups, models
 from benchmarks.cases import CASES, CASES_BY_NAME, DEEPFACE_LAYERS, REGIMES_BY_NAME
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -493,6 +493,59 @@ def regimes_lines(runs, machine):
     return lines
 
 
+def _group_cell(entry, name, plain_ms, limit):
+    """``"12.3 (4.1×, 1.6)"``: ms, times faster than ungrouped, ÷ own limit."""
+    ms = entry[f"{name}_ms"]
+    speedup = _fmt_ratio(_ratio(plain_ms, ms))
+    return f"{_fmt(ms)} ({speedup}×, {_fmt_ratio(_ratio(ms, limit))})"
+
+
+def groups_lines(runs, machine):
+    """Position groups on L4: each grouping against the ungrouped layer, its
+    own limit, and one group against Conv2D (`groups.time_groups`)."""
+    with_groups = runs_with(runs, "groups")
+    if not with_groups:
+        return []
+    names = [n for n in groups.GROUPINGS if n != "ungrouped"]
+    kernels = next(iter(with_groups.values()))["groups"]["kernels"]
+    lines = [
+        "",
+        "### Position groups",
+        "",
+        "L4's shape with `position_groups` (kernels: "
+        + ", ".join(f"{n} {t}" for n, t in kernels.items())
+        + "), `model.predict_on_batch`, side by side in one process. Each cell: "
+        "ms, then how many times faster than the ungrouped layer, then ÷ the "
+        "limit of its own kernels at the machine's rates; the last column, one "
+        "group ÷ `keras.layers.Conv2D`.",
+        "",
+        "| backend | batch | ungrouped ms (÷ limit) | "
+        + " | ".join(names)
+        + " | Conv2D ms | one group ÷ Conv2D |",
+        "|---|--:|--:|" + "--:|" * len(names) + "--:|--:|",
+    ]
+    for k, run in with_groups.items():
+        for batch in groups.BATCHES:
+            entry = run["groups"].get(f"b{batch}")
+            if entry is None:
+                continue
+            limits = {
+                name: groups.limit_ms(groups.SHAPE, blocks, batch, machine)
+                for name, blocks in groups.GROUPINGS.items()
+            }
+            plain = entry["ungrouped_ms"]
+            cells = [_group_cell(entry, n, plain, limits[n]) for n in names]
+            conv = entry.get(f"{groups.CONV}_ms")
+            plain_cell = (
+                f"{_fmt(plain)} ({_fmt_ratio(_ratio(plain, limits['ungrouped']))})"
+            )
+            lines.append(
+                f"| {TITLES[k]} | {batch} | {plain_cell} | {' | '.join(cells)} "
+                f"| {_fmt(conv)} | {_fmt_ratio(_ratio(entry['one group_ms'], conv))} |"
+            )
+    return lines
+
+
 def _answer_cell(ms, limit):
     """``"12.3 (2.1×)"``: ms and ÷ the machine's limit."""
     if ms is None:
@@ -902,6 +955,7 @@ def write_page(results_dir=RESULTS, docs_dir=DOCS):
         "",
         *models_section(results, machine),
         *regimes_lines(runs, machine),
+        *groups_lines(runs, machine),
         *chunk_curve_lines(results, runs, machine),
         "",
         *transpose_section(results_dir),

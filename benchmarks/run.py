@@ -23,8 +23,12 @@ layers are timed a second time in a fresh process with
 ``TF_ENABLE_ONEDNN_OPTS=1``. ``results["machine"]`` holds CPU 0's caches (from
 sysfs), which the chunk-size chart marks.
 
+After them, ``groups.py`` times DeepFace's L4 with position groups
+(blocks of 2x2 and 4x4, one group) beside the ungrouped layer and
+``keras.layers.Conv2D``.
+
 Options: ``--only PARTS`` (comma-separated, of ``cases``, ``deepface``,
-``regimes``, ``chunk-curve``; default all) picks the parts; ``--cases a,b``,
+``regimes``, ``chunk-curve``, ``groups``; default all) picks the parts; ``--cases a,b``,
 ``--impls substring``, ``--regimes a,b``, ``--curve-layers L4,L5`` and
 ``--curve-batches 1,8`` restrict them; ``--budget SECONDS`` is the timing
 budget per shape and mode of the cases; ``--no-memory`` skips the
@@ -44,7 +48,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks import harness, models, report
+from benchmarks import groups, harness, models, report
 from benchmarks.cases import CASES, DEEPFACE_LAYERS, REGIMES
 from benchmarks.impls import IMPLS, case_arrays, floor_arrays, warm_up_backend
 
@@ -71,7 +75,7 @@ def _select(shapes, names=None):
 
 # What a run times, in this order: `cases.CASES` here, then models.py's
 # DeepFace layers, other fields' regimes and the chunk-size curve.
-PARTS = ("cases", "deepface", "regimes", "chunk-curve")
+PARTS = ("cases", "deepface", "regimes", "chunk-curve", "groups")
 MODEL_PARTS = PARTS[1:]
 
 
@@ -357,6 +361,11 @@ def time_model_parts(backend, parts, args):
         layers = _select(DEEPFACE_LAYERS, args.curve_layers)
         record["chunk_curve"], record["part_wall_s"]["chunk-curve"] = _wall_s(
             models.time_chunk_curve, backend, rates, layers, args.curve_batches
+        )
+    if "groups" in parts:
+        print(f"[{backend}] position groups on L4", flush=True)
+        record["groups"], record["part_wall_s"]["groups"] = _wall_s(
+            groups.time_groups, rates
         )
     print(f"    seconds per part: {record['part_wall_s']}", flush=True)
     return record
