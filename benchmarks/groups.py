@@ -13,9 +13,11 @@ filters, 55x55 output positions) as
 - ``Conv2D``: `keras.layers.Conv2D` with the same window and filters.
 
 Each grouping's limit is the forward limit of `models.forward_limit_ms` with
-its own kernel: its ``T`` kernels, the input and the output moved once, or
-the FLOPs (the same for every grouping: each position still contracts its
-patch with a kernel) at the GEMM rate.
+its own kernel, at the rates measured in the same process (kept with the
+figures, which a run of this part alone adds to earlier results): its ``T``
+kernels, the input and the output moved once, or the FLOPs (the same for
+every grouping: each position still contracts its patch with a kernel) at
+the GEMM rate.
 """
 
 import functools
@@ -76,6 +78,7 @@ def time_groups(rates, shape=SHAPE, batches=BATCHES, rounds=ROUNDS, budget_s=BUD
     built[CONV] = _model(shape, conv=True)
     record = {
         "layer": shape.name,
+        "rates": rates,
         "kernels": {
             name: group_count(shape, groups) for name, groups in GROUPINGS.items()
         },

@@ -516,8 +516,8 @@ def groups_lines(runs, machine):
         + ", ".join(f"{n} {t}" for n, t in kernels.items())
         + "), `model.predict_on_batch`, side by side in one process. Each cell: "
         "ms, then how many times faster than the ungrouped layer, then ÷ the "
-        "limit of its own kernels at the machine's rates; the last column, one "
-        "group ÷ `keras.layers.Conv2D`.",
+        "limit of its own kernels at the rates measured in the same process; "
+        "the last column, one group ÷ `keras.layers.Conv2D`.",
         "",
         "| backend | batch | ungrouped ms (÷ limit) | "
         + " | ".join(names)
@@ -530,7 +530,9 @@ def groups_lines(runs, machine):
             if entry is None:
                 continue
             limits = {
-                name: groups.limit_ms(groups.SHAPE, blocks, batch, machine)
+                name: groups.limit_ms(
+                    groups.SHAPE, blocks, batch, run["groups"]["rates"]
+                )
                 for name, blocks in groups.GROUPINGS.items()
             }
             plain = entry["ungrouped_ms"]

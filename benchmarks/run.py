@@ -34,7 +34,10 @@ Options: ``--only PARTS`` (comma-separated, of ``cases``, ``deepface``,
 budget per shape and mode of the cases; ``--no-memory`` skips the
 subprocesses; ``--report-only`` only rewrites the page;
 ``--results DIR`` and ``--docs DIR`` put the results and the page elsewhere
-(a trial run), ``--no-save`` writes neither.
+(a trial run), ``--no-save`` writes neither; ``--merge`` adds the parts
+run to the stored results file instead of replacing it (the parts not run
+keep their figures and the date of their run; ``merged`` lists what was
+added when).
 """
 
 import argparse
@@ -374,6 +377,30 @@ def time_model_parts(backend, parts, args):
 # --------------------------------------------------------------------------
 
 
+def merged(stored, results, parts):
+    """`stored` results with the `parts` of `results` added: the cases if
+    they were run, and the models' parts, each with its wall time; the
+    rates, machine and versions of `stored`'s run are kept (its other
+    figures were measured at them), and ``merged`` records the addition."""
+    if "cases" in parts:
+        stored["cases"], stored["impls"] = results["cases"], results["impls"]
+    new = results.get("models", {})
+    if new:
+        models_record = stored.setdefault("models", {})
+        for key, value in new.items():
+            if key == "part_wall_s":
+                models_record.setdefault(key, {}).update(value)
+            elif (
+                key not in ("rates", "numpy_rates", "onednn")
+                or key not in models_record
+            ):
+                models_record[key] = value
+    stored.setdefault("merged", []).append(
+        {"parts": list(parts), "date": results["date"], "versions": results["versions"]}
+    )
+    return stored
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"))
@@ -404,6 +431,9 @@ def main():
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--merge", action="store_true", help="add the parts run to stored results"
+    )
     parser.add_argument(
         "--results", type=pathlib.Path, default=RESULTS, help="where results go"
     )
@@ -453,7 +483,10 @@ def main():
     if args.no_save:
         return
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{backend}.json").write_text(json.dumps(results, indent=1) + "\n")
+    path = args.results / f"{backend}.json"
+    if args.merge and path.exists():
+        results = merged(json.loads(path.read_text()), results, parts)
+    path.write_text(json.dumps(results, indent=1) + "\n")
     report.write_page(args.results, args.docs)
 
 
