@@ -35,6 +35,30 @@ def test_encoder_decoder_page_reconstructs_the_fields(capsys):
     assert "test MSE" in capsys.readouterr().out
 
 
+@pytest.mark.training
+def test_position_groups_page_shows_the_spectrum(capsys):
+    """Groups inside the halves reach the noise floor; a convolution and
+    tiles that cut across them cannot; one kernel per position fits worse."""
+    namespace = _run_page(DOCS / "position-groups.md")
+    results = namespace["results"]
+    params = {name: count for name, (count, _) in results.items()}
+    mse = {name: value for name, (_, value) in results.items()}
+    assert params == {
+        "Conv2D (one group)": 10,
+        "tiles, period 2": 20,
+        "blocks of 5x5": 40,
+        "the halves (a map)": 20,
+        "LocallyConnected2D": 1000,
+    }
+    noise = 0.01  # the variance of the noise: 0.1 ** 2
+    for name in ("blocks of 5x5", "the halves (a map)"):
+        assert mse[name] < 1.5 * noise, (name, mse)
+    for name in ("Conv2D (one group)", "tiles, period 2"):
+        assert mse[name] > 100 * noise, (name, mse)
+    assert 3 * mse["blocks of 5x5"] < mse["LocallyConnected2D"] < 100 * noise
+    assert "test MSE" in capsys.readouterr().out
+
+
 def _backends_page_reproduction():
     """The code block of the channels_first section of docs/backends.md."""
     page = (DOCS / "backends.md").read_text()

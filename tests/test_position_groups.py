@@ -627,3 +627,50 @@ def test_a_kernel_that_does_not_fit_the_groups_is_refused():
 def test_the_transposed_layers_take_no_groups():
     with pytest.raises(ValueError, match="Unrecognized.*position_groups"):
         LOCALLY_CONNECTED_TRANSPOSE[2](2, 2, position_groups=2)
+
+
+class _ShapeRecorder:
+    """`keras.ops` as the engine sees it, recording the size of every tensor
+    its functions return."""
+
+    def __init__(self, module):
+        self._module, self.sizes = module, []
+
+    def __getattr__(self, name):
+        function = getattr(self._module, name)
+        if not callable(function):
+            return function
+
+        def recorded(*args, **kwargs):
+            result = function(*args, **kwargs)
+            shape = getattr(result, "shape", None)
+            if shape is not None and all(isinstance(n, int) for n in shape):
+                self.sizes.append(math.prod(shape))
+            return result
+
+        return recorded
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS[:4], ids=_formulation_id)
+def test_no_kernel_is_expanded_to_one_per_position(monkeypatch, formulation):
+    """Forward and backward read the groups' kernels: no tensor the engine
+    makes is as large as a kernel per position (P * K * filters)."""
+    recorder = _ShapeRecorder(keras.ops)
+    monkeypatch.setattr(_local_conv, "ops", recorder)
+    x = random_array((1, 12, 12, 3))  # 10x10 positions, K = 27
+    kernel = random_array((25, 27, 8), seed=2)  # blocks of 2x2: T = 25
+    expanded = 100 * 27 * 8
+
+    def loss(inputs, weights):
+        outputs = local_conv_with(inputs, weights)
+        return keras.ops.sum(outputs)
+
+    def local_conv_with(inputs, weights):
+        return _local_conv.local_conv(
+            inputs, weights, 3, position_groups=2, formulation=formulation
+        )
+
+    assert tuple(local_conv_with(x, kernel).shape) == (1, 10, 10, 8)
+    if keras.backend.backend() != "numpy":
+        gradients(loss, x, kernel)
+    assert recorder.sizes and max(recorder.sizes) < expanded
