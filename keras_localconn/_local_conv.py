@@ -231,12 +231,23 @@ def _pad_circular(x, geo, first_axis=0):
     return x
 
 
-def _patches(x_rows, rows, units, per_unit, geo, channels_last, batch_before_channels):
+def _patches(
+    x_rows,
+    rows,
+    units,
+    per_unit,
+    geo,
+    channels_last,
+    batch_before_channels,
+    rows_first=False,
+):
     """The patches of `units` units, ready for a batched matmul.
 
     `rows` are the ``units * per_unit * taps`` rows of `x_rows` they read.
-    Returns ``(units, per_unit * batch, K)`` with `batch_before_channels`,
-    else ``(units, K, per_unit * batch)``; `_to_rows` is its inverse.
+    Returns ``(units, per_unit * batch, K)`` with `batch_before_channels` or
+    `rows_first` (what the forward matmul takes), else ``(units, K,
+    per_unit * batch)`` (what the kernel gradient takes); `_to_rows` is the
+    inverse of the latter. Each layout costs one transpose of the patches.
     """
     patches = ops.take(x_rows, rows, axis=0)  # (n * taps, ...trailing)
     slots = units * per_unit
@@ -244,6 +255,14 @@ def _patches(x_rows, rows, units, per_unit, geo, channels_last, batch_before_cha
         patches = ops.reshape(patches, (slots, geo.taps, -1, geo.channels))
         order = (0, 2, 1, 3) if channels_last else (0, 2, 3, 1)
         patches = ops.transpose(patches, order)
+        return ops.reshape(patches, (units, -1, geo.patch_size))
+    if rows_first and channels_last:  # (n, K, B) -> (n, B, K)
+        patches = ops.reshape(patches, (slots, geo.patch_size, -1))
+        patches = ops.transpose(patches, (0, 2, 1))
+        return ops.reshape(patches, (units, -1, geo.patch_size))
+    if rows_first:  # (n, taps, C, B) -> (n, B, K ordered (channel, offsets))
+        patches = ops.reshape(patches, (slots, geo.taps, geo.channels, -1))
+        patches = ops.transpose(patches, (0, 3, 2, 1))
         return ops.reshape(patches, (units, -1, geo.patch_size))
     if channels_last:  # (n, taps, C, B) is (n, K, B) already
         patches = ops.reshape(patches, (slots, geo.patch_size, -1))
@@ -280,11 +299,9 @@ def _to_rows(values, per_unit, geo, channels_last, batch_before_channels):
     return ops.reshape(values, (slots * geo.taps, -1))
 
 
-def _contract(patches, kernel, per_unit, batch_before_channels):
-    """``(units * per_unit, batch, filters)``: the patches times their units'
-    kernels."""
-    if not batch_before_channels:
-        patches = ops.transpose(patches, (0, 2, 1))
+def _contract(patches, kernel, per_unit):
+    """``(units * per_unit, batch, filters)``: the patches, ``(units,
+    per_unit * batch, K)``, times their units' kernels."""
     outputs = ops.matmul(patches, kernel)  # (n, m * B, F)
     if per_unit == 1:
         return outputs
@@ -351,10 +368,10 @@ def _all_at_once(x_rows, kernel, geo, grouping, channels_last, formulation):
     plan = _groups.plan_of(grouping, geo.num_positions)
     rows = _unit_rows(geo, grouping)
     patches = _patches(
-        x_rows, rows, plan.units, plan.per_unit, geo, channels_last, layout
+        x_rows, rows, plan.units, plan.per_unit, geo, channels_last, layout, True
     )
     kernel = _kernel_rows(kernel, 0, plan.units)
-    return _positions(_contract(patches, kernel, plan.per_unit, layout), plan)
+    return _positions(_contract(patches, kernel, plan.per_unit), plan)
 
 
 def _positions(rows, plan):
@@ -451,9 +468,11 @@ def _chunked(x_rows, kernel, geo, grouping, channels_last, formulation):
 
     def forward(x_rows, kernel):
         def step(start, rows):
-            patches = _patches(x_rows, rows, size, per_unit, geo, channels_last, layout)
+            patches = _patches(
+                x_rows, rows, size, per_unit, geo, channels_last, layout, True
+            )
             kernel_rows = _kernel_rows(kernel, start, size)
-            return (_contract(patches, kernel_rows, per_unit, layout),)
+            return (_contract(patches, kernel_rows, per_unit),)
 
         (outputs,) = chunks.map(step)
         # Reordered inside the custom gradient: the cotangent of a gather,
