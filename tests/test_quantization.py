@@ -21,16 +21,26 @@ from tests.helpers import LOCALLY_CONNECTED, batch_shape, random_array
 from tests.reference import reference_local_conv
 
 WEIGHT_ONLY = "weight-only"
+INT4_BLOCK = "int4-block8"
+INT4_PER_CHANNEL = "int4-per-channel"
+MODES = ["int8", WEIGHT_ONLY, "int4", INT4_BLOCK, INT4_PER_CHANNEL]
+# Relative error of the outputs against the float layer's.
+BOUNDS = {"int8": 0.03, WEIGHT_ONLY: 0.02}
 
 
 def _config(mode):
-    """What `quantize` takes for "int8" and for weight-only int8."""
+    """What `quantize` takes for each of `MODES` (int4 is Keras' default:
+    weight-only, blocks of 128 rows of K)."""
     if mode == WEIGHT_ONLY:
         return dict(
             config=keras.quantizers.Int8QuantizationConfig(
                 weight_quantizer=None, activation_quantizer=None
             )
         )
+    if mode == INT4_BLOCK:
+        return dict(config=keras.quantizers.Int4QuantizationConfig(block_size=8))
+    if mode == INT4_PER_CHANNEL:
+        return dict(config=keras.quantizers.Int4QuantizationConfig(block_size=-1))
     return dict(mode=mode)
 
 
@@ -81,10 +91,28 @@ def _reference(case, x, kernel, bias=None):
     )
 
 
+def _unpacked_int4(packed, filters):
+    """Two signed nibbles a byte, the low one first, along the last axis."""
+    packed = packed.astype("uint8")
+    nibbles = np.stack([packed & 15, packed >> 4], axis=-1).astype("int16")
+    values = (nibbles ^ 8) - 8
+    return values.reshape(*packed.shape[:-1], -1)[..., :filters]
+
+
 def _dequantized_kernel(layer):
-    """``int8 / scale``, from the layer's variables (Keras' convention)."""
-    values = to_numpy(layer._kernel.value).astype("float64")
-    return values / to_numpy(layer.kernel_scale.value).astype("float64")[:, None, :]
+    """The float kernel the layer's variables stand for (Keras' conventions:
+    ``int / scale``; with int4 blocks, ``(int - zero) * scale``)."""
+    values = to_numpy(layer._kernel.value)
+    scale = to_numpy(layer.kernel_scale.value).astype("float64")
+    if layer.quantization_mode == "int4":
+        values = _unpacked_int4(values, layer.filters)
+    values = values.astype("float64")
+    if scale.ndim == 2:
+        return values / scale[:, None, :]
+    block = layer._int4_block_size
+    groups = np.arange(values.shape[1]) // block
+    zero = to_numpy(layer.kernel_zero.value).astype("float64")
+    return (values - zero[:, groups]) * scale[:, groups]
 
 
 def _quantized_inputs(x):
@@ -123,8 +151,36 @@ def test_a_quantized_layer_computes_with_its_dequantized_kernel(case, mode):
     inputs = x if mode == WEIGHT_ONLY else _quantized_inputs(x)
     expected = _reference(case, inputs, dequantized, bias)
     np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
-    bound = 0.02 if mode == WEIGHT_ONLY else 0.03
-    assert _relative_error(outputs, float_outputs) < bound
+    assert _relative_error(outputs, float_outputs) < BOUNDS[mode]
+
+
+@pytest.mark.parametrize("mode", ["int4", INT4_BLOCK, INT4_PER_CHANNEL])
+@pytest.mark.parametrize("case", CASES[2::3], ids=_case_id)
+def test_an_int4_layer_computes_with_its_dequantized_kernel(case, mode):
+    layer, x = _layer(case, filters=5)
+    float_outputs = to_numpy(layer(x))
+    float_kernel = to_numpy(layer.kernel.value)
+    layer.quantize(**_config(mode))
+
+    block = {"int4": 128, INT4_BLOCK: 8, INT4_PER_CHANNEL: -1}[mode]
+    assert layer.dtype_policy.name == f"int4/{block}_from_float32"
+    positions, patch_size, _ = float_kernel.shape
+    # Packed along the filters: 5 filters take 3 bytes.
+    assert tuple(layer._kernel.shape) == (positions, patch_size, 3)
+    if block == -1:
+        assert tuple(layer.kernel_scale.shape) == (positions, 5)
+    else:
+        blocks = -(-patch_size // block)
+        assert tuple(layer.kernel_scale.shape) == (positions, blocks, 5)
+        assert tuple(layer.kernel_zero.shape) == (positions, blocks, 5)
+    np.testing.assert_array_equal(
+        to_numpy(layer.kernel), _unpacked_int4(to_numpy(layer._kernel.value), 5)
+    )
+    dequantized = _dequantized_kernel(layer)
+    outputs = to_numpy(layer(x))
+    expected = _reference(case, x, dequantized, to_numpy(layer.bias.value))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
+    assert _relative_error(outputs, float_outputs) < 0.25
 
 
 class _Chunked(LocallyConnected2D):
@@ -139,7 +195,7 @@ class _Chunked(LocallyConnected2D):
 
 @pytest.mark.training
 @pytest.mark.parametrize("chunked", [False, True], ids=["layer", "chunked"])
-@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY])
+@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY, INT4_BLOCK])
 def test_the_gradient_reaches_the_inputs_through_the_dequantized_kernel(mode, chunked):
     """The kernel takes no gradient; the inputs take that of the float layer
     whose kernel is the dequantized one (the input quantization passes the
@@ -204,8 +260,8 @@ def test_model_quantize_quantizes_the_local_and_the_dense_layers():
     assert _relative_error(outputs, float_outputs) < 0.03
 
 
-@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY])
-def test_a_quantized_model_saves_and_loads_its_int8_variables(
+@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY, "int4"])
+def test_a_quantized_model_saves_and_loads_its_quantized_variables(
     mode, tmp_path, monkeypatch
 ):
     model = _model(channels=16, spatial=(16, 16), filters=16)
@@ -223,6 +279,13 @@ def test_a_quantized_model_saves_and_loads_its_int8_variables(
     monkeypatch.setattr(LocalBase, "_float_kernel", no_float_kernel)
     loaded = keras.models.load_model(path)
     layer = loaded.get_layer("local")
+    if mode == "int4":
+        assert layer.dtype_policy.name == "int4/128_from_float32"
+        assert layer.inputs_quantizer is None
+        assert tuple(layer.kernel_zero.shape) == (256, 2, 16)  # 144 rows of K
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), outputs, atol=1e-6)
+        assert os.path.getsize(path) <= 0.2 * os.path.getsize(float_path)
+        return
     assert layer.quantization_mode == "int8"
     assert {
         w.name: keras.backend.standardize_dtype(w.dtype) for w in layer.weights
@@ -256,11 +319,16 @@ def test_quantize_refuses_what_keras_refuses():
         half.quantize("int8")
 
 
-@pytest.mark.parametrize("mode", ["float8", "int4"])
+@pytest.mark.parametrize("mode", ["float8", "gptq"])
 def test_unsupported_modes_are_refused_naming_the_supported_ones(mode):
     layer, _ = _layer(CASES[2])
-    with pytest.raises(NotImplementedError, match=r"LocallyConnected2D '.*'.*'int8'"):
-        layer.quantize(mode)
+    if mode == "gptq":  # Keras asks for a GPTQConfig
+        arguments = dict(config=keras.quantizers.GPTQConfig(["text"], None))
+    else:
+        arguments = dict(mode=mode)
+    supported = r"LocallyConnected2D '.*'.*\('int8', 'int4'\)"
+    with pytest.raises(NotImplementedError, match=supported):
+        layer.quantize(**arguments)
     assert layer.quantization_mode is None
     transposed = LocallyConnected2DTranspose(4, 3)
     transposed.build((2, 5, 5, 3))

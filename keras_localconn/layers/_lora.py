@@ -23,7 +23,7 @@ at rank 4, when the point of LoRA is to train few. ``(K, rank) @ (P, rank,
 filters)`` trains about ``1 / K`` of that (0.3% of L4's kernel at rank 4).
 """
 
-from keras import initializers, ops
+from keras import initializers, ops, quantizers
 
 from keras_localconn import _arguments, _keras_private
 
@@ -43,10 +43,15 @@ class LocalLoRA:
 
     @property
     def kernel(self):
-        """The kernel; merged with the LoRA factors where LoRA is enabled."""
+        """The kernel; merged with the LoRA factors where LoRA is enabled.
+
+        As Dense's: the int8 values once quantized to int8 (int4: unpacked).
+        """
         if not self.built:
             raise AttributeError("You must build the layer before accessing `kernel`.")
         kernel = self._kernel
+        if self.quantization_mode == "int4":
+            kernel = quantizers.unpack_int4(kernel, self.filters, axis=-1)
         if self.lora_enabled:
             kernel = ops.cast(ops.add(kernel, self._lora_delta()), self.compute_dtype)
         return kernel

@@ -28,6 +28,9 @@ quantized and dequantized before the engine (the gradient passes straight
 through, as Dense's custom gradient lets it).
 """
 
+import math
+
+import numpy as np
 from keras import dtype_policies, ops, quantizers
 from keras.saving import deserialize_keras_object, serialize_keras_object
 
@@ -35,7 +38,7 @@ from keras.saving import deserialize_keras_object, serialize_keras_object
 # `awq`), which they refuse with a NotImplementedError, the error
 # `Model.quantize` turns into a warning, so that the rest of a model is
 # still quantized.
-SUPPORTED_MODES = ("int8",)
+SUPPORTED_MODES = ("int8", "int4")
 
 
 def _weight_quantizer(config, default):
@@ -50,6 +53,29 @@ def _activation_quantizer(config, default):
     if config is not None:
         return getattr(config, "activation_quantizer", None)
     return default
+
+
+def _quantize_grouped(kernel, block_size):
+    """Keras' grouped int4 quantization (a scale and a zero point per block
+    of `block_size` rows of K) of a ``(P, K, F)`` kernel: every (position,
+    filter) is one of the columns Keras' function quantizes."""
+    kernel = ops.convert_to_numpy(kernel)
+    positions, patch_size, filters = kernel.shape
+    columns = kernel.transpose(1, 0, 2).reshape(patch_size, positions * filters)
+    values, scale, zero = quantizers.abs_max_quantize_grouped_with_zero_point(
+        columns, block_size=block_size, to_numpy=True
+    )
+
+    def per_position(x, rows):
+        x = ops.convert_to_numpy(x).reshape(rows, positions, filters)
+        return x.transpose(1, 0, 2)
+
+    blocks = scale.shape[0]
+    return (
+        per_position(values, patch_size),
+        per_position(scale, blocks),
+        per_position(zero, blocks),
+    )
 
 
 class LocalQuantization:
@@ -104,21 +130,47 @@ class LocalQuantization:
             )
         self.quantization_config = config
         kernel_shape = tuple(self._kernel.shape)
-        values, scale = self._quantize_kernel(
-            ops.convert_to_tensor(self._kernel), config
-        )
+        kernel = ops.convert_to_tensor(self._kernel)
+        zero = None
+        if mode == "int8":
+            values, scale = self._quantize_kernel(
+                kernel, config, quantizers.AbsMaxQuantizer()
+            )
+        else:  # int4, packed two values a byte along the filters axis
+            block_size = self._int4_block_size_of(config)
+            if block_size is None:
+                default = quantizers.AbsMaxQuantizer(value_range=(-8, 7))
+                values, scale = self._quantize_kernel(kernel, config, default)
+            else:
+                values, scale, zero = _quantize_grouped(kernel, block_size)
+            values, _, _ = quantizers.pack_int4(values, axis=-1)
         del self._kernel
         self.quantized_build(kernel_shape, mode, config)
         self._kernel.assign(values)
         self.kernel_scale.assign(scale)
+        if zero is not None:
+            self.kernel_zero.assign(zero)
         if self.dtype_policy.quantization_mode is None:
+            policy_mode = mode
+            if mode == "int4":
+                block_size = self._int4_block_size
+                policy_mode = f"int4/{-1 if block_size is None else block_size}"
             self.dtype_policy = dtype_policies.get(
-                f"{mode}_from_{self.dtype_policy.name}"
+                f"{policy_mode}_from_{self.dtype_policy.name}"
             )
 
-    def _quantize_kernel(self, kernel, config):
+    def _int4_block_size_of(self, config):
+        """The int4 block size (along K) of `config`, else of the dtype
+        policy (a loaded layer's); None for one scale per (position, filter)."""
+        if getattr(config, "mode", None) == "int4" and hasattr(config, "block_size"):
+            block_size = config.block_size
+        else:
+            block_size = getattr(self.dtype_policy, "block_size", None)
+        return None if block_size in (None, -1) else block_size
+
+    def _quantize_kernel(self, kernel, config, default):
         """``(int8 values (P, K, F), scale (P, F))``: abs-max over ``K``."""
-        quantizer = _weight_quantizer(config, quantizers.AbsMaxQuantizer())
+        quantizer = _weight_quantizer(config, default)
         values, scale = quantizer(kernel, axis=1, to_numpy=True)
         expected = (kernel.shape[0], 1, kernel.shape[2])
         if tuple(scale.shape) != expected:
@@ -134,6 +186,8 @@ class LocalQuantization:
         """The quantized variables of a kernel of shape `kernel_shape`."""
         if mode == "int8":
             self._int8_build(kernel_shape, config)
+        elif mode == "int4":
+            self._int4_build(kernel_shape, config)
         else:
             raise self._unsupported_mode_error(mode)
         self._is_quantized = True
@@ -156,28 +210,84 @@ class LocalQuantization:
             trainable=False,
         )
 
+    def _int4_build(self, kernel_shape, config=None):
+        """A packed ``(P, K, ceil(F / 2))`` int8 kernel; one scale per
+        (position, filter), or, with a block size, a scale and a zero point
+        per (position, block of K, filter), as Dense's int4."""
+        self.inputs_quantizer = _activation_quantizer(config, None)
+        positions, patch_size, filters = kernel_shape
+        self._kernel = self.add_weight(
+            name="kernel",
+            shape=(positions, patch_size, (filters + 1) // 2),
+            initializer="zeros",
+            dtype="int8",
+            trainable=False,
+        )
+        block_size = self._int4_block_size_of(config)
+        self._int4_block_size = block_size
+        if block_size is None:
+            scale_shape = (positions, filters)
+        else:
+            scale_shape = (positions, math.ceil(patch_size / block_size), filters)
+        self.kernel_scale = self.add_weight(
+            name="kernel_scale",
+            shape=scale_shape,
+            initializer="ones",
+            trainable=False,
+        )
+        if block_size is not None:
+            self.kernel_zero = self.add_weight(
+                name="kernel_zero",
+                shape=scale_shape,
+                initializer="zeros",
+                dtype="int8",
+                trainable=False,
+            )
+
     # ------------------------------------------------------------------
     # call
     # ------------------------------------------------------------------
 
     def _engine_kernel(self):
         """What `call` hands the engine: the (merged) float kernel, or the
-        int8 kernel and its scale as an `EncodedKernel`."""
-        if self.quantization_mode is None:
+        quantized kernel and its scales as an `EncodedKernel`."""
+        mode = self.quantization_mode
+        if mode is None:
             return self.kernel
         from keras_localconn._local_conv import EncodedKernel
 
         compute_dtype = self.compute_dtype
+        shape = (*self._kernel.shape[:2], self.filters)
 
-        def decode(values, scale):  # (c, K, F) int8, (c, F)
+        def per_filter(values, scale):  # (c, K, F) int8, (c, F)
             return ops.divide(
                 ops.cast(values, compute_dtype),
                 ops.expand_dims(ops.cast(scale, compute_dtype), 1),
             )
 
-        return EncodedKernel(
-            (self._kernel, self.kernel_scale), decode, tuple(self._kernel.shape)
-        )
+        if mode == "int8":
+            return EncodedKernel((self._kernel, self.kernel_scale), per_filter, shape)
+
+        def unpack(packed):
+            return quantizers.unpack_int4(packed, self.filters, axis=-1)
+
+        if self._int4_block_size is None:
+
+            def decode(packed, scale):
+                return per_filter(unpack(packed), scale)
+
+            return EncodedKernel((self._kernel, self.kernel_scale), decode, shape)
+        # The block of each row of K (Dense's `g_idx`, static here).
+        groups = np.arange(shape[1], dtype="int32") // self._int4_block_size
+
+        def decode(packed, scale, zero):  # scale, zero: (c, blocks, F)
+            values = ops.cast(unpack(packed), compute_dtype)
+            zero = ops.cast(ops.take(zero, groups, axis=1), compute_dtype)
+            scale = ops.cast(ops.take(scale, groups, axis=1), compute_dtype)
+            return ops.multiply(ops.subtract(values, zero), scale)
+
+        parts = (self._kernel, self.kernel_scale, self.kernel_zero)
+        return EncodedKernel(parts, decode, shape)
 
     def _quantize_inputs(self, inputs):
         """`inputs` quantized to int8 with one abs-max scale per sample, and
@@ -193,6 +303,9 @@ class LocalQuantization:
     def _int8_call(self, inputs, training=None):
         return self.call(self._quantize_inputs(inputs))
 
+    def _int4_call(self, inputs, training=None):
+        return self.call(self._quantize_inputs(inputs))
+
     # ------------------------------------------------------------------
     # Saving
     # ------------------------------------------------------------------
@@ -203,6 +316,7 @@ class LocalQuantization:
         return {
             None: ["kernel", "bias"],
             "int8": ["kernel", "bias", "kernel_scale"],
+            "int4": ["kernel", "bias", "kernel_scale", "kernel_zero"],
         }
 
     def _saved_variable(self, name):
@@ -211,17 +325,22 @@ class LocalQuantization:
             return self.kernel if self.quantization_mode is None else self._kernel
         return getattr(self, name)
 
+    def _saved_names(self, mode):
+        """The spec's names of the variables this layer has."""
+        return [
+            name
+            for name in self.variable_serialization_spec[mode]
+            if not (name == "bias" and self.bias is None)
+            and not (name == "kernel_zero" and not hasattr(self, "kernel_zero"))
+        ]
+
     def save_own_variables(self, store):
         if not self.built:
             return
         mode = self.quantization_mode
         if mode not in self.variable_serialization_spec:
             raise self._unsupported_mode_error(mode)
-        names = [
-            name
-            for name in self.variable_serialization_spec[mode]
-            if not (name == "bias" and self.bias is None)
-        ]
+        names = self._saved_names(mode)
         for index, name in enumerate(names):
             store[str(index)] = self._saved_variable(name)
 
@@ -234,11 +353,7 @@ class LocalQuantization:
         mode = self.quantization_mode
         if mode not in self.variable_serialization_spec:
             raise self._unsupported_mode_error(mode)
-        names = [
-            name
-            for name in self.variable_serialization_spec[mode]
-            if not (name == "bias" and self.bias is None)
-        ]
+        names = self._saved_names(mode)
         for index, name in enumerate(names):
             variable = self._kernel if name == "kernel" else getattr(self, name)
             variable.assign(store[str(index)])
