@@ -13,12 +13,18 @@ import keras
 import numpy as np
 import pytest
 
-from keras_localconn import LocallyConnected2D, LocallyConnected2DTranspose, _local_conv
+from keras_localconn import LocallyConnected2D, _local_conv
 from keras_localconn._schedule import Formulation
 from keras_localconn.layers._base import LocalBase
 from tests.autodiff import gradients, to_numpy
-from tests.helpers import LOCALLY_CONNECTED, batch_shape, random_array
+from tests.helpers import (
+    LOCALLY_CONNECTED,
+    LOCALLY_CONNECTED_TRANSPOSE,
+    batch_shape,
+    random_array,
+)
 from tests.reference import reference_local_conv
+from tests.reference_transpose import reference_local_conv_transpose
 
 WEIGHT_ONLY = "weight-only"
 INT4_BLOCK = "int4-block8"
@@ -99,20 +105,29 @@ def _unpacked_int4(packed, filters):
     return values.reshape(*packed.shape[:-1], -1)[..., :filters]
 
 
-def _dequantized_kernel(layer):
+def _dequantized_kernel(layer, transposed=False):
     """The float kernel the layer's variables stand for (Keras' conventions:
-    ``int / scale``; with int4 blocks, ``(int - zero) * scale``)."""
+    ``int / scale``; with int4 blocks, ``(int - zero) * scale``). A forward
+    kernel (P, K, F) has its scales over K, packs along F; a transposed one
+    (P, K, C) has them over C, packs along K."""
     values = to_numpy(layer._kernel.value)
     scale = to_numpy(layer.kernel_scale.value).astype("float64")
+    if transposed:  # as a forward kernel: (P, C, K)
+        values = values.transpose(0, 2, 1)
+        scale = scale if scale.ndim == 2 else scale.transpose(0, 2, 1)
     if layer.quantization_mode == "int4":
-        values = _unpacked_int4(values, layer.filters)
+        length = layer._int4_kernel_shape[1 if transposed else 2]
+        values = _unpacked_int4(values, length)
     values = values.astype("float64")
     if scale.ndim == 2:
-        return values / scale[:, None, :]
-    block = layer._int4_block_size
-    groups = np.arange(values.shape[1]) // block
-    zero = to_numpy(layer.kernel_zero.value).astype("float64")
-    return (values - zero[:, groups]) * scale[:, groups]
+        kernel = values / scale[:, None, :]
+    else:
+        groups = np.arange(values.shape[1]) // layer._int4_block_size
+        zero = to_numpy(layer.kernel_zero.value).astype("float64")
+        if transposed:
+            zero = zero.transpose(0, 2, 1)
+        kernel = (values - zero[:, groups]) * scale[:, groups]
+    return kernel.transpose(0, 2, 1) if transposed else kernel
 
 
 def _quantized_inputs(x):
@@ -181,6 +196,70 @@ def test_an_int4_layer_computes_with_its_dequantized_kernel(case, mode):
     expected = _reference(case, x, dequantized, to_numpy(layer.bias.value))
     np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
     assert _relative_error(outputs, float_outputs) < 0.25
+
+
+# (rank, spatial, kernel_size, strides, padding, data_format) of a transposed
+# layer, and the reference's output_padding (None: Keras' default).
+TRANSPOSE_CASES = [
+    (1, (5,), (3,), (2,), "same", "channels_last"),
+    (2, (4, 3), (3, 2), (2, 1), "valid", "channels_first"),
+    (3, (3, 2, 2), (2, 2, 2), (1, 2, 1), "same", "channels_last"),
+]
+
+
+@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY, INT4_BLOCK])
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda case: f"{case[0]}d")
+def test_a_quantized_transposed_layer_computes_with_its_dequantized_kernel(case, mode):
+    rank, spatial, kernel_size, strides, padding, data_format = case
+    layer = LOCALLY_CONNECTED_TRANSPOSE[rank](
+        5, kernel_size, strides=strides, padding=padding, data_format=data_format
+    )
+    x = random_array(batch_shape(2, spatial, 4, data_format))
+    layer.build(x.shape)
+    layer.set_weights(
+        [random_array(w.shape, 1 + i) for i, w in enumerate(layer.weights)]
+    )
+    float_outputs = to_numpy(layer(x))
+    positions, rows, channels = layer.kernel.shape
+    layer.quantize(**_config(mode))
+    if mode == INT4_BLOCK:
+        assert tuple(layer._kernel.shape) == (positions, (rows + 1) // 2, channels)
+        assert tuple(layer.kernel_scale.shape) == (positions, rows, 1)
+    else:
+        assert tuple(layer.kernel_scale.shape) == (positions, rows)
+    dequantized = _dequantized_kernel(layer, transposed=True)
+    inputs = _quantized_inputs(x) if mode == "int8" else x
+    ones = (1,) * rank
+    expected = reference_local_conv_transpose(
+        inputs,
+        dequantized,
+        kernel_size,
+        strides,
+        ones,
+        padding,
+        None,
+        data_format,
+        bias=to_numpy(layer.bias.value),
+    )
+    outputs = to_numpy(layer(x))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
+    bound = {"int8": 0.03, WEIGHT_ONLY: 0.02, INT4_BLOCK: 0.25}[mode]
+    assert _relative_error(outputs, float_outputs) < bound
+    if keras.backend.backend() == "numpy":  # no gradients
+        return
+    cotangent = random_array(outputs.shape, 7)
+
+    def loss(inputs):
+        return keras.ops.sum(layer(inputs) * keras.ops.convert_to_tensor(cotangent))
+
+    (grad_inputs,) = gradients(loss, x)
+    v = np.random.default_rng(8).normal(size=x.shape)
+    directional = reference_local_conv_transpose(
+        v, dequantized, kernel_size, strides, ones, padding, None, data_format
+    )
+    np.testing.assert_allclose(
+        np.sum(grad_inputs * v), np.sum(cotangent * directional), rtol=1e-4, atol=1e-3
+    )
 
 
 class _Chunked(LocallyConnected2D):
@@ -330,10 +409,6 @@ def test_unsupported_modes_are_refused_naming_the_supported_ones(mode):
     with pytest.raises(NotImplementedError, match=supported):
         layer.quantize(**arguments)
     assert layer.quantization_mode is None
-    transposed = LocallyConnected2DTranspose(4, 3)
-    transposed.build((2, 5, 5, 3))
-    with pytest.raises(NotImplementedError, match="cannot be quantized yet"):
-        transposed.quantize("int8")
 
 
 def test_model_quantize_goes_on_past_a_mode_the_local_layer_refuses():

@@ -51,7 +51,9 @@ class LocalLoRA:
             raise AttributeError("You must build the layer before accessing `kernel`.")
         kernel = self._kernel
         if self.quantization_mode == "int4":
-            kernel = quantizers.unpack_int4(kernel, self.filters, axis=-1)
+            axis = self._output_axis
+            length = self._int4_kernel_shape[axis]
+            kernel = quantizers.unpack_int4(kernel, length, axis=axis)
         if self.lora_enabled:
             kernel = ops.cast(ops.add(kernel, self._lora_delta()), self.compute_dtype)
         return kernel

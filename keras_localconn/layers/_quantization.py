@@ -55,27 +55,23 @@ def _activation_quantizer(config, default):
     return default
 
 
-def _quantize_grouped(kernel, block_size):
+def _quantize_grouped(kernel, block_size, axis):
     """Keras' grouped int4 quantization (a scale and a zero point per block
-    of `block_size` rows of K) of a ``(P, K, F)`` kernel: every (position,
-    filter) is one of the columns Keras' function quantizes."""
-    kernel = ops.convert_to_numpy(kernel)
-    positions, patch_size, filters = kernel.shape
-    columns = kernel.transpose(1, 0, 2).reshape(patch_size, positions * filters)
+    of `block_size` rows of the contracted `axis`) of a 3D kernel: every
+    line of the kernel along `axis` is one of the columns Keras' function
+    quantizes (Dense's kernel is ``(inputs, units)``)."""
+    kernel = np.moveaxis(ops.convert_to_numpy(kernel), axis, 0)
+    others = kernel.shape[1:]
+    columns = kernel.reshape(kernel.shape[0], -1)
     values, scale, zero = quantizers.abs_max_quantize_grouped_with_zero_point(
         columns, block_size=block_size, to_numpy=True
     )
 
-    def per_position(x, rows):
-        x = ops.convert_to_numpy(x).reshape(rows, positions, filters)
-        return x.transpose(1, 0, 2)
+    def restored(x):
+        x = ops.convert_to_numpy(x)
+        return np.moveaxis(x.reshape(x.shape[0], *others), 0, axis)
 
-    blocks = scale.shape[0]
-    return (
-        per_position(values, patch_size),
-        per_position(scale, blocks),
-        per_position(zero, blocks),
-    )
+    return restored(values), restored(scale), restored(zero)
 
 
 class LocalQuantization:
@@ -86,8 +82,13 @@ class LocalQuantization:
     `LocalLoRA`, `lora_enabled` and `kernel` (merged with LoRA).
     """
 
-    # The modes a layer family implements (the transposed layers set theirs).
+    # The modes a layer family implements, and the axes of its kernel: the
+    # one its engine contracts (abs-max over it: one scale per position and
+    # row of the other), and the output one (int4 packs along it, as Dense
+    # packs its units). A forward kernel (P, K, filters) contracts K.
     _quantization_modes = SUPPORTED_MODES
+    _contracted_axis = 1
+    _output_axis = 2
 
     def __init__(self, *args, quantization_config=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -99,13 +100,9 @@ class LocalQuantization:
     # ------------------------------------------------------------------
 
     def _unsupported_mode_error(self, mode):
-        if not self._quantization_modes:
-            supported = f"{type(self).__name__} cannot be quantized yet."
-        else:
-            supported = f"Supported modes: {self._quantization_modes}."
         return NotImplementedError(
             f"{self._owner}: quantization mode {mode!r} is not supported. "
-            f"{supported} Received: mode={mode!r}"
+            f"Supported modes: {self._quantization_modes}. Received: mode={mode!r}"
         )
 
     def quantize(self, mode=None, type_check=True, config=None):
@@ -136,14 +133,16 @@ class LocalQuantization:
             values, scale = self._quantize_kernel(
                 kernel, config, quantizers.AbsMaxQuantizer()
             )
-        else:  # int4, packed two values a byte along the filters axis
+        else:  # int4, packed two values a byte along the output axis
             block_size = self._int4_block_size_of(config)
             if block_size is None:
                 default = quantizers.AbsMaxQuantizer(value_range=(-8, 7))
                 values, scale = self._quantize_kernel(kernel, config, default)
             else:
-                values, scale, zero = _quantize_grouped(kernel, block_size)
-            values, _, _ = quantizers.pack_int4(values, axis=-1)
+                values, scale, zero = _quantize_grouped(
+                    kernel, block_size, self._contracted_axis
+                )
+            values, _, _ = quantizers.pack_int4(values, axis=self._output_axis)
         del self._kernel
         self.quantized_build(kernel_shape, mode, config)
         self._kernel.assign(values)
@@ -169,18 +168,30 @@ class LocalQuantization:
         return None if block_size in (None, -1) else block_size
 
     def _quantize_kernel(self, kernel, config, default):
-        """``(int8 values (P, K, F), scale (P, F))``: abs-max over ``K``."""
+        """``(int8 values, scale)``: abs-max over the contracted axis, a
+        scale per position and output row ((P, K, F) gives (P, F))."""
+        axis = self._contracted_axis
         quantizer = _weight_quantizer(config, default)
-        values, scale = quantizer(kernel, axis=1, to_numpy=True)
-        expected = (kernel.shape[0], 1, kernel.shape[2])
+        values, scale = quantizer(kernel, axis=axis, to_numpy=True)
+        expected = self._scale_shape(tuple(kernel.shape), 1)
         if tuple(scale.shape) != expected:
             raise ValueError(
                 f"{self._owner}: the weight quantizer must give one scale per "
-                f"(position, filter), of shape {expected}, when called with "
-                f"axis=1 (K) on the kernel of shape {tuple(kernel.shape)}. "
+                f"position and output row, of shape {expected}, when called "
+                f"with axis={axis} on the kernel of shape {tuple(kernel.shape)}. "
                 f"Received a scale of shape {tuple(scale.shape)} from {quantizer!r}"
             )
-        return values, ops.squeeze(scale, axis=1)
+        return values, ops.squeeze(scale, axis=axis)
+
+    def _scale_shape(self, kernel_shape, blocks=None):
+        """The kernel's shape with its contracted axis dropped (one scale a
+        line), or of length `blocks` (one per block of it)."""
+        shape = list(kernel_shape)
+        if blocks is None:
+            del shape[self._contracted_axis]
+        else:
+            shape[self._contracted_axis] = blocks
+        return tuple(shape)
 
     def quantized_build(self, kernel_shape, mode, config=None):
         """The quantized variables of a kernel of shape `kernel_shape`."""
@@ -205,20 +216,23 @@ class LocalQuantization:
         )
         self.kernel_scale = self.add_weight(
             name="kernel_scale",
-            shape=(kernel_shape[0], kernel_shape[-1]),
+            shape=self._scale_shape(kernel_shape),
             initializer="ones",
             trainable=False,
         )
 
     def _int4_build(self, kernel_shape, config=None):
-        """A packed ``(P, K, ceil(F / 2))`` int8 kernel; one scale per
-        (position, filter), or, with a block size, a scale and a zero point
-        per (position, block of K, filter), as Dense's int4."""
+        """A kernel packed along its output axis (``(P, K, ceil(F / 2))``
+        int8); one scale per position and output row, or, with a block size,
+        a scale and a zero point per position, block of the contracted axis
+        and output row, as Dense's int4."""
         self.inputs_quantizer = _activation_quantizer(config, None)
-        positions, patch_size, filters = kernel_shape
+        packed_shape = list(kernel_shape)
+        packed_shape[self._output_axis] = (kernel_shape[self._output_axis] + 1) // 2
+        self._int4_kernel_shape = tuple(kernel_shape)
         self._kernel = self.add_weight(
             name="kernel",
-            shape=(positions, patch_size, (filters + 1) // 2),
+            shape=tuple(packed_shape),
             initializer="zeros",
             dtype="int8",
             trainable=False,
@@ -226,9 +240,11 @@ class LocalQuantization:
         block_size = self._int4_block_size_of(config)
         self._int4_block_size = block_size
         if block_size is None:
-            scale_shape = (positions, filters)
+            scale_shape = self._scale_shape(kernel_shape)
         else:
-            scale_shape = (positions, math.ceil(patch_size / block_size), filters)
+            contracted = kernel_shape[self._contracted_axis]
+            blocks = math.ceil(contracted / block_size)
+            scale_shape = self._scale_shape(kernel_shape, blocks)
         self.kernel_scale = self.add_weight(
             name="kernel_scale",
             shape=scale_shape,
@@ -257,33 +273,37 @@ class LocalQuantization:
         from keras_localconn._local_conv import EncodedKernel
 
         compute_dtype = self.compute_dtype
-        shape = (*self._kernel.shape[:2], self.filters)
+        axis = self._contracted_axis
 
-        def per_filter(values, scale):  # (c, K, F) int8, (c, F)
+        def per_line(values, scale):  # (c, K, F) int8, (c, F) (forward)
             return ops.divide(
                 ops.cast(values, compute_dtype),
-                ops.expand_dims(ops.cast(scale, compute_dtype), 1),
+                ops.expand_dims(ops.cast(scale, compute_dtype), axis),
             )
 
         if mode == "int8":
-            return EncodedKernel((self._kernel, self.kernel_scale), per_filter, shape)
+            parts = (self._kernel, self.kernel_scale)
+            return EncodedKernel(parts, per_line, tuple(self._kernel.shape))
+
+        shape = self._int4_kernel_shape
+        output_axis = self._output_axis
 
         def unpack(packed):
-            return quantizers.unpack_int4(packed, self.filters, axis=-1)
+            return quantizers.unpack_int4(packed, shape[output_axis], axis=output_axis)
 
         if self._int4_block_size is None:
 
             def decode(packed, scale):
-                return per_filter(unpack(packed), scale)
+                return per_line(unpack(packed), scale)
 
             return EncodedKernel((self._kernel, self.kernel_scale), decode, shape)
-        # The block of each row of K (Dense's `g_idx`, static here).
-        groups = np.arange(shape[1], dtype="int32") // self._int4_block_size
+        # The block of each row of the contracted axis (Dense's `g_idx`).
+        groups = np.arange(shape[axis], dtype="int32") // self._int4_block_size
 
         def decode(packed, scale, zero):  # scale, zero: (c, blocks, F)
             values = ops.cast(unpack(packed), compute_dtype)
-            zero = ops.cast(ops.take(zero, groups, axis=1), compute_dtype)
-            scale = ops.cast(ops.take(scale, groups, axis=1), compute_dtype)
+            zero = ops.cast(ops.take(zero, groups, axis=axis), compute_dtype)
+            scale = ops.cast(ops.take(scale, groups, axis=axis), compute_dtype)
             return ops.multiply(ops.subtract(values, zero), scale)
 
         parts = (self._kernel, self.kernel_scale, self.kernel_zero)
