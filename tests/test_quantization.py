@@ -55,7 +55,6 @@ CASES = [
     (1, (9,), (3,), (1,), (1,), "causal", "channels_last"),
     (1, (8,), (3,), (2,), (1,), "circular", "channels_first"),
     (2, (6, 5), (3, 2), (1, 1), (1, 1), "same", "channels_last"),
-    (2, (6, 5), (3, 2), (2, 1), (1, 1), "valid", "channels_first"),
     (2, (5, 6), (3, 3), (1, 1), (1, 2), "circular", "channels_last"),
     (3, (4, 5, 3), (2, 3, 2), (1, 1, 1), (1, 1, 1), "valid", "channels_last"),
     (3, (4, 4, 3), (2, 2, 2), (2, 1, 1), (1, 1, 1), "same", "channels_first"),
@@ -70,7 +69,7 @@ def _case_id(case):
     )
 
 
-def _layer(case, channels=3, filters=4, batch=2, seed=0, **kwargs):
+def _layer(case, channels=3, filters=5, batch=2, seed=0, **kwargs):
     """A built layer of `case` with random weights, and random inputs."""
     rank, spatial, kernel_size, strides, dilation, padding, data_format = case
     layer = LOCALLY_CONNECTED[rank](
@@ -153,11 +152,11 @@ def test_a_quantized_layer_computes_with_its_dequantized_kernel(case, mode):
     assert layer.quantization_mode == "int8"
     assert layer.dtype_policy.name == "int8_from_float32"
     assert keras.backend.standardize_dtype(layer._kernel.dtype) == "int8"
-    assert tuple(layer.kernel_scale.shape) == (float_kernel.shape[0], 4)
+    assert tuple(layer.kernel_scale.shape) == (float_kernel.shape[0], 5)
     # One scale per (position, filter): abs-max over K maps to 127.
     np.testing.assert_array_equal(
         np.abs(to_numpy(layer._kernel.value)).max(axis=1),
-        np.full((len(float_kernel), 4), 127),
+        np.full((len(float_kernel), 5), 127),
     )
     dequantized = _dequantized_kernel(layer)
     assert np.abs(dequantized - float_kernel).max() <= np.abs(float_kernel).max() / 254
@@ -172,7 +171,7 @@ def test_a_quantized_layer_computes_with_its_dequantized_kernel(case, mode):
 @pytest.mark.parametrize("mode", ["int4", INT4_BLOCK, INT4_PER_CHANNEL])
 @pytest.mark.parametrize("case", CASES[2::3], ids=_case_id)
 def test_an_int4_layer_computes_with_its_dequantized_kernel(case, mode):
-    layer, x = _layer(case, filters=5)
+    layer, x = _layer(case)
     float_outputs = to_numpy(layer(x))
     float_kernel = to_numpy(layer.kernel.value)
     layer.quantize(**_config(mode))
@@ -279,10 +278,10 @@ def test_the_gradient_reaches_the_inputs_through_the_dequantized_kernel(mode, ch
     """The kernel takes no gradient; the inputs take that of the float layer
     whose kernel is the dequantized one (the input quantization passes the
     gradient straight through, as Keras' Dense does)."""
-    case = CASES[4] if not chunked else CASES[2]
+    case = CASES[3] if not chunked else CASES[2]
     if chunked:
         _, spatial, kernel_size, strides, dilation, padding, data_format = case
-        layer = _Chunked(4, kernel_size, padding=padding, data_format=data_format)
+        layer = _Chunked(5, kernel_size, padding=padding, data_format=data_format)
         x = random_array(batch_shape(2, spatial, 3, data_format))
         layer.build(x.shape)
         layer.set_weights([random_array(w.shape, 3) for w in layer.weights])
