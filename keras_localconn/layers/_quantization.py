@@ -2,20 +2,30 @@
 
 `LocalQuantization` is mixed into `LocalBase`. It follows Keras' `Dense`
 (`keras/src/layers/core/dense.py`) name for name: `quantize(mode, config)`
-turns the float kernel into an int8 one and sets the dtype policy to
-``"int8_from_<policy>"``; `quantized_build` creates the int8 variables
-directly when a quantized layer is built (a quantized ``.keras`` file loads
-without allocating a float kernel); `_int8_call` is what Keras calls instead
-of `call` once the policy is quantized; `variable_serialization_spec`,
+turns the float kernel into an int8 (or packed int4) one and sets the dtype
+policy to ``"int8_from_<policy>"`` (``"int4/<block size>_from_<policy>"``);
+`quantized_build` creates the quantized variables directly when a quantized
+layer is built (a quantized ``.keras`` file loads without allocating a float
+kernel); `_int8_call` / `_int4_call` are what Keras calls instead of `call`
+once the policy is quantized; `variable_serialization_spec`,
 `save_own_variables` and `load_own_variables` store the variables in Dense's
 order; `quantization_config` is taken and serialized.
 
-The int8 kernel, ``(P, K, filters)``, has one scale per (position, filter):
-abs-max over ``K``, as Dense has one per unit (abs-max over its inputs axis).
-Keras' convention: ``kernel_int8 = round(kernel * kernel_scale)`` and the
-float kernel is ``kernel_int8 / kernel_scale``. The engine takes it as an
-`EncodedKernel` and decodes one chunk of positions at a time, so that the
-kernel is read in int8; gradients reach the inputs only.
+int8: the kernel, ``(P, K, filters)``, has one scale per (position, filter):
+abs-max over ``K``, the contracted axis, as Dense has one per unit (abs-max
+over its inputs axis). Keras' convention: ``kernel_int8 = round(kernel *
+kernel_scale)`` and the float kernel is ``kernel_int8 / kernel_scale``.
+int4, as Dense's: values in [-8, 7] packed two a byte along the output axis
+(`keras.quantizers.pack_int4`); with a block size (Keras' default, 128), a
+scale and a zero point per (position, block of ``K``, filter) and the float
+kernel ``(int4 - zero) * scale``; with ``block_size=-1``, one abs-max scale
+per (position, filter). A transposed layer's kernel ``(P, K, channels)``
+contracts its last axis: its scales are over the channels, and int4 packs
+along ``K`` (`_contracted_axis`, `_output_axis`).
+
+The engine takes the quantized kernel as an `EncodedKernel` and decodes one
+chunk of positions at a time, so that the kernel is read in int8; gradients
+reach the inputs only.
 
 Inputs: Keras' default `Int8QuantizationConfig` quantizes Dense's inputs with
 an abs-max scale per row (over the contracted axis). The rows contracted
@@ -75,7 +85,8 @@ def _quantize_grouped(kernel, block_size, axis):
 
 
 class LocalQuantization:
-    """`quantize`, `quantized_build`, `_int8_call` and their serialization.
+    """`quantize`, `quantized_build`, `_int8_call`, `_int4_call` and their
+    serialization.
 
     The layer provides `_kernel` (its stored kernel), `_owner`, `bias`,
     `call` (which computes with `_engine_kernel()`), and, from
@@ -106,12 +117,14 @@ class LocalQuantization:
         )
 
     def quantize(self, mode=None, type_check=True, config=None):
-        """Quantizes the kernel in place: `mode` "int8" (see the module).
+        """Quantizes the kernel in place: `mode` "int8" or "int4" (see the
+        module).
 
         Keras' wrapper has already checked that the layer is built, not
         quantized yet, and that int8 is not asked for under a float16
         compute dtype; `config` is an `Int8QuantizationConfig` (with
-        ``activation_quantizer=None``: weight-only).
+        ``activation_quantizer=None``: weight-only) or an
+        `Int4QuantizationConfig` (its `block_size`).
         """
         if type_check and not type(self).__module__.startswith("keras_localconn."):
             # Dense refuses its subclasses: a subclass may compute otherwise.
