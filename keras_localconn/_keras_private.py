@@ -5,6 +5,8 @@ them breaks this module only, and the ``tests-oldest`` and latest-Keras test
 sessions catch it.
 """
 
+import contextlib
+
 
 def model_from_keras2_config(model_config, custom_objects, safe_mode):
     """A Keras 3 model rebuilt from a Keras 2 (``.h5``) model config.
@@ -74,3 +76,14 @@ def computes_on_accelerator():
     if backend in ("jax", "tensorflow"):
         return not keras.distribution.list_devices()[0].startswith("cpu")
     return False
+
+
+@contextlib.contextmanager
+def unlocked_tracker(layer):
+    """`layer`'s variable tracker unlocked, so that a built layer can add
+    weights (Keras' `enable_lora` unlocks the private ``_tracker`` too)."""
+    layer._tracker.unlock()
+    try:
+        yield
+    finally:
+        layer._tracker.lock()

@@ -139,6 +139,8 @@ def _matmul_scatter(inputs, kernel, bias, geo, channels_last, scatter_add):
         to_spatial_first = (*range(2, rank + 2), 1, 0)
     y = ops.transpose(inputs, to_spatial_first)
     y = ops.reshape(y, (num_positions, kernel.shape[-1], -1))
+    if hasattr(kernel, "decode"):  # an `_local_conv.EncodedKernel`: decoded
+        kernel = kernel.decode(*kernel.parts)  # whole, for the one matmul
     contributions = ops.matmul(kernel, y)  # (P, K, batch)
     if not channels_last:  # K ordered (filter, offsets...): offsets first
         contributions = ops.reshape(contributions, (num_positions, filters, taps, -1))

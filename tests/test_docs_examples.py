@@ -104,3 +104,19 @@ def test_tensorflow_channels_first_conv1d_is_refused_without_onednn_and_runs_wit
         assert value == "None"
     else:
         assert value != "None" and float(value) >= 0.0
+
+
+def test_quantization_page_quantizes_saves_and_enables_lora(
+    tmp_path, monkeypatch, capsys
+):
+    """docs/quantization.md: both layers quantized, the file written, the
+    outputs within int8's error, LoRA's trainable weights as printed."""
+    page = DOCS / "quantization.md"
+    monkeypatch.chdir(tmp_path)  # the page saves "l4_int8.keras"
+    namespace = _run_page(page)
+    before, after = namespace["before"], namespace["after"]
+    assert np.linalg.norm(after - before) < 0.03 * np.linalg.norm(before)
+    assert (tmp_path / "l4_int8.keras").is_file()
+    out = capsys.readouterr().out
+    assert "int8_from_float32" in out
+    assert "['bias', 'lora_kernel_a', 'lora_kernel_b']" in out

@@ -22,6 +22,8 @@ from keras.layers import InputSpec, Layer
 from keras.regularizers import Regularizer
 
 from keras_localconn import _arguments, _keras_private, _shapes
+from keras_localconn.layers._lora import LocalLoRA
+from keras_localconn.layers._quantization import LocalQuantization
 
 
 def per_position_initializer(initializer, num_positions):
@@ -61,7 +63,7 @@ def _format_bytes(count):
     return f"{count:,} bytes" + (f" ({scaled:.3g} {unit})" if unit != "bytes" else "")
 
 
-class LocalBase(Layer):
+class LocalBase(LocalQuantization, LocalLoRA, Layer):
     """A layer whose kernel has one ``(K, channels)`` matrix per position.
 
     Subclasses define `_engine` (the function that computes, called as
@@ -154,32 +156,12 @@ class LocalBase(Layer):
             axes = {1: channels, **dict(enumerate(spatial, start=2))}
         self.input_spec = InputSpec(ndim=self.rank + 2, axes=axes)
         kernel_shape = self._kernel_shape(geo, channels)
-        initializer = per_position_initializer(self.kernel_initializer, kernel_shape[0])
-        try:
-            kernel = self.add_weight(
-                name="kernel",
-                shape=kernel_shape,
-                initializer=initializer,
-                regularizer=self.kernel_regularizer,
-                constraint=self.kernel_constraint,
-                trainable=True,
-                dtype=self.dtype,
+        if self.quantization_mode is None:
+            self._kernel = self._float_kernel(kernel_shape, geo)
+        else:  # a quantized layer being built to load: no float kernel
+            self.quantized_build(
+                kernel_shape, self.quantization_mode, self.quantization_config
             )
-        except Exception as error:
-            if not _is_out_of_memory(error):
-                raise
-            raise self._kernel_too_large(kernel_shape, geo, error) from error
-        try:
-            # JAX dispatches asynchronously, under `keras.distribution` too:
-            # an allocation that failed shows only when the value is read.
-            ops.convert_to_numpy(kernel.value[(0,) * len(kernel_shape)])
-        except Exception as error:
-            # Anything else means the value cannot be read here (a kernel
-            # created while a graph is traced): it is allocated when it runs.
-            if _is_out_of_memory(error):
-                _keras_private.untrack_variable(self, kernel)
-                raise self._kernel_too_large(kernel_shape, geo, error) from error
-        self.kernel = kernel
         if self.use_bias:
             self.bias = self.add_weight(
                 name="bias",
@@ -192,6 +174,7 @@ class LocalBase(Layer):
             )
         else:
             self.bias = None
+        self._build_lora()
 
     def _bias_shape(self, geo):
         return (*self._output_spatial_shape(geo), self.filters)
@@ -225,7 +208,7 @@ class LocalBase(Layer):
             bias = ops.reshape(self.bias, (math.prod(self.bias.shape[:-1]), -1))
         outputs = self._engine(
             inputs,
-            self.kernel,
+            self._engine_kernel(),
             *self._window(),
             self.data_format,
             bias=bias,
@@ -260,3 +243,32 @@ class LocalBase(Layer):
             }
         )
         return config
+
+    def _float_kernel(self, kernel_shape, geo):
+        """The float kernel variable, with a clear error when it does not fit."""
+        initializer = per_position_initializer(self.kernel_initializer, kernel_shape[0])
+        try:
+            kernel = self.add_weight(
+                name="kernel",
+                shape=kernel_shape,
+                initializer=initializer,
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+                trainable=True,
+                dtype=self.dtype,
+            )
+        except Exception as error:
+            if not _is_out_of_memory(error):
+                raise
+            raise self._kernel_too_large(kernel_shape, geo, error) from error
+        try:
+            # JAX dispatches asynchronously, under `keras.distribution` too:
+            # an allocation that failed shows only when the value is read.
+            ops.convert_to_numpy(kernel.value[(0,) * len(kernel_shape)])
+        except Exception as error:
+            # Anything else means the value cannot be read here (a kernel
+            # created while a graph is traced): it is allocated when it runs.
+            if _is_out_of_memory(error):
+                _keras_private.untrack_variable(self, kernel)
+                raise self._kernel_too_large(kernel_shape, geo, error) from error
+        return kernel

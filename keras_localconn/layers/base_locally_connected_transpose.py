@@ -25,6 +25,10 @@ class BaseLocallyConnectedTranspose(LocalBase):
 
     _positions = "input"
     _conv_suffix = "Transpose"
+    # Its kernel (P, K, channels) contracts the input channels: one scale per
+    # (position, row of K), and int4 packs along K (the output side).
+    _contracted_axis = 2
+    _output_axis = 1
 
     def __init__(
         self,

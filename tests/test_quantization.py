@@ -1,0 +1,433 @@
+"""`quantize`: Keras' int8 quantization on the locally connected layers.
+
+The quantized layer is checked against the NumPy reference applied to its
+dequantized kernel (``int8 / scale``) and to the inputs as the layer
+quantizes them (abs-max per sample), and against the float layer it came
+from: relative error within 3% (int8), 2% (weight-only int8).
+"""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from keras_localconn import LocallyConnected2D, _local_conv
+from keras_localconn._schedule import Formulation
+from keras_localconn.layers._base import LocalBase
+from tests.autodiff import gradients, to_numpy
+from tests.helpers import (
+    LOCALLY_CONNECTED,
+    LOCALLY_CONNECTED_TRANSPOSE,
+    batch_shape,
+    random_array,
+)
+from tests.reference import reference_local_conv
+from tests.reference_transpose import reference_local_conv_transpose
+
+WEIGHT_ONLY = "weight-only"
+INT4_BLOCK = "int4-block8"
+INT4_PER_CHANNEL = "int4-per-channel"
+MODES = ["int8", WEIGHT_ONLY, "int4", INT4_BLOCK, INT4_PER_CHANNEL]
+# Relative error of the outputs against the float layer's.
+BOUNDS = {"int8": 0.03, WEIGHT_ONLY: 0.02}
+
+
+def _config(mode):
+    """What `quantize` takes for each of `MODES` (int4 is Keras' default:
+    weight-only, blocks of 128 rows of K)."""
+    if mode == WEIGHT_ONLY:
+        return dict(
+            config=keras.quantizers.Int8QuantizationConfig(
+                weight_quantizer=None, activation_quantizer=None
+            )
+        )
+    if mode == INT4_BLOCK:
+        return dict(config=keras.quantizers.Int4QuantizationConfig(block_size=8))
+    if mode == INT4_PER_CHANNEL:
+        return dict(config=keras.quantizers.Int4QuantizationConfig(block_size=-1))
+    return dict(mode=mode)
+
+
+# (rank, spatial, kernel_size, strides, dilation, padding, data_format)
+CASES = [
+    (1, (9,), (3,), (1,), (1,), "causal", "channels_last"),
+    (1, (8,), (3,), (2,), (1,), "circular", "channels_first"),
+    (2, (6, 5), (3, 2), (1, 1), (1, 1), "same", "channels_last"),
+    (2, (5, 6), (3, 3), (1, 1), (1, 2), "circular", "channels_last"),
+    (3, (4, 5, 3), (2, 3, 2), (1, 1, 1), (1, 1, 1), "valid", "channels_last"),
+    (3, (4, 4, 3), (2, 2, 2), (2, 1, 1), (1, 1, 1), "same", "channels_first"),
+]
+
+
+def _case_id(case):
+    rank, _, _, strides, dilation, padding, data_format = case
+    return (
+        f"{rank}d-{padding}-s{'x'.join(map(str, strides))}"
+        f"-d{'x'.join(map(str, dilation))}-{data_format.split('_')[1]}"
+    )
+
+
+def _layer(case, channels=3, filters=5, batch=2, seed=0, **kwargs):
+    """A built layer of `case` with random weights, and random inputs."""
+    rank, spatial, kernel_size, strides, dilation, padding, data_format = case
+    layer = LOCALLY_CONNECTED[rank](
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        data_format=data_format,
+        dilation_rate=dilation,
+        **kwargs,
+    )
+    x = random_array(batch_shape(batch, spatial, channels, data_format), seed)
+    layer.build(x.shape)
+    layer.set_weights(
+        [random_array(w.shape, seed + 1 + i) for i, w in enumerate(layer.weights)]
+    )
+    return layer, x
+
+
+def _reference(case, x, kernel, bias=None):
+    _, _, kernel_size, strides, dilation, padding, data_format = case
+    return reference_local_conv(
+        x, kernel, kernel_size, strides, dilation, padding, data_format, bias=bias
+    )
+
+
+def _unpacked_int4(packed, filters):
+    """Two signed nibbles a byte, the low one first, along the last axis."""
+    packed = packed.astype("uint8")
+    nibbles = np.stack([packed & 15, packed >> 4], axis=-1).astype("int16")
+    values = (nibbles ^ 8) - 8
+    return values.reshape(*packed.shape[:-1], -1)[..., :filters]
+
+
+def _dequantized_kernel(layer, transposed=False):
+    """The float kernel the layer's variables stand for (Keras' conventions:
+    ``int / scale``; with int4 blocks, ``(int - zero) * scale``). A forward
+    kernel (P, K, F) has its scales over K, packs along F; a transposed one
+    (P, K, C) has them over C, packs along K."""
+    values = to_numpy(layer._kernel.value)
+    scale = to_numpy(layer.kernel_scale.value).astype("float64")
+    if transposed:  # as a forward kernel: (P, C, K)
+        values = values.transpose(0, 2, 1)
+        scale = scale if scale.ndim == 2 else scale.transpose(0, 2, 1)
+    if layer.quantization_mode == "int4":
+        length = layer._int4_kernel_shape[1 if transposed else 2]
+        values = _unpacked_int4(values, length)
+    values = values.astype("float64")
+    if scale.ndim == 2:
+        kernel = values / scale[:, None, :]
+    else:
+        groups = np.arange(values.shape[1]) // layer._int4_block_size
+        zero = to_numpy(layer.kernel_zero.value).astype("float64")
+        if transposed:
+            zero = zero.transpose(0, 2, 1)
+        kernel = (values - zero[:, groups]) * scale[:, groups]
+    return kernel.transpose(0, 2, 1) if transposed else kernel
+
+
+def _quantized_inputs(x):
+    """`x` quantized to int8 with an abs-max scale per sample, dequantized."""
+    axes = tuple(range(1, x.ndim))
+    scale = 127 / (np.abs(x).max(axis=axes, keepdims=True) + keras.backend.epsilon())
+    return np.clip(np.round(x * scale), -127, 127) / scale
+
+
+def _relative_error(actual, expected):
+    return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_a_quantized_layer_computes_with_its_dequantized_kernel(case, mode):
+    layer, x = _layer(case)
+    float_kernel = to_numpy(layer.kernel.value)
+    bias = to_numpy(layer.bias.value)
+    float_outputs = to_numpy(layer(x))
+    layer.quantize(**_config(mode))
+
+    assert layer.quantization_mode == "int8"
+    assert layer.dtype_policy.name == "int8_from_float32"
+    assert keras.backend.standardize_dtype(layer._kernel.dtype) == "int8"
+    assert tuple(layer.kernel_scale.shape) == (float_kernel.shape[0], 5)
+    # One scale per (position, filter): abs-max over K maps to 127.
+    np.testing.assert_array_equal(
+        np.abs(to_numpy(layer._kernel.value)).max(axis=1),
+        np.full((len(float_kernel), 5), 127),
+    )
+    dequantized = _dequantized_kernel(layer)
+    assert np.abs(dequantized - float_kernel).max() <= np.abs(float_kernel).max() / 254
+
+    outputs = to_numpy(layer(x))
+    inputs = x if mode == WEIGHT_ONLY else _quantized_inputs(x)
+    expected = _reference(case, inputs, dequantized, bias)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
+    assert _relative_error(outputs, float_outputs) < BOUNDS[mode]
+
+
+@pytest.mark.parametrize("mode", ["int4", INT4_BLOCK, INT4_PER_CHANNEL])
+@pytest.mark.parametrize("case", CASES[2::3], ids=_case_id)
+def test_an_int4_layer_computes_with_its_dequantized_kernel(case, mode):
+    layer, x = _layer(case)
+    float_outputs = to_numpy(layer(x))
+    float_kernel = to_numpy(layer.kernel.value)
+    layer.quantize(**_config(mode))
+
+    block = {"int4": 128, INT4_BLOCK: 8, INT4_PER_CHANNEL: -1}[mode]
+    assert layer.dtype_policy.name == f"int4/{block}_from_float32"
+    positions, patch_size, _ = float_kernel.shape
+    # Packed along the filters: 5 filters take 3 bytes.
+    assert tuple(layer._kernel.shape) == (positions, patch_size, 3)
+    if block == -1:
+        assert tuple(layer.kernel_scale.shape) == (positions, 5)
+    else:
+        blocks = -(-patch_size // block)
+        assert tuple(layer.kernel_scale.shape) == (positions, blocks, 5)
+        assert tuple(layer.kernel_zero.shape) == (positions, blocks, 5)
+    np.testing.assert_array_equal(
+        to_numpy(layer.kernel), _unpacked_int4(to_numpy(layer._kernel.value), 5)
+    )
+    dequantized = _dequantized_kernel(layer)
+    outputs = to_numpy(layer(x))
+    expected = _reference(case, x, dequantized, to_numpy(layer.bias.value))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
+    assert _relative_error(outputs, float_outputs) < 0.25
+
+
+# (rank, spatial, kernel_size, strides, padding, data_format) of a transposed
+# layer, and the reference's output_padding (None: Keras' default).
+TRANSPOSE_CASES = [
+    (1, (5,), (3,), (2,), "same", "channels_last"),
+    (2, (4, 3), (3, 2), (2, 1), "valid", "channels_first"),
+    (3, (3, 2, 2), (2, 2, 2), (1, 2, 1), "same", "channels_last"),
+]
+
+
+@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY, INT4_BLOCK])
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda case: f"{case[0]}d")
+def test_a_quantized_transposed_layer_computes_with_its_dequantized_kernel(case, mode):
+    rank, spatial, kernel_size, strides, padding, data_format = case
+    layer = LOCALLY_CONNECTED_TRANSPOSE[rank](
+        5, kernel_size, strides=strides, padding=padding, data_format=data_format
+    )
+    x = random_array(batch_shape(2, spatial, 4, data_format))
+    layer.build(x.shape)
+    layer.set_weights(
+        [random_array(w.shape, 1 + i) for i, w in enumerate(layer.weights)]
+    )
+    float_outputs = to_numpy(layer(x))
+    positions, rows, channels = layer.kernel.shape
+    layer.quantize(**_config(mode))
+    if mode == INT4_BLOCK:
+        assert tuple(layer._kernel.shape) == (positions, (rows + 1) // 2, channels)
+        assert tuple(layer.kernel_scale.shape) == (positions, rows, 1)
+    else:
+        assert tuple(layer.kernel_scale.shape) == (positions, rows)
+    dequantized = _dequantized_kernel(layer, transposed=True)
+    inputs = _quantized_inputs(x) if mode == "int8" else x
+    ones = (1,) * rank
+    expected = reference_local_conv_transpose(
+        inputs,
+        dequantized,
+        kernel_size,
+        strides,
+        ones,
+        padding,
+        None,
+        data_format,
+        bias=to_numpy(layer.bias.value),
+    )
+    outputs = to_numpy(layer(x))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
+    bound = {"int8": 0.03, WEIGHT_ONLY: 0.02, INT4_BLOCK: 0.25}[mode]
+    assert _relative_error(outputs, float_outputs) < bound
+    if keras.backend.backend() == "numpy":  # no gradients
+        return
+    cotangent = random_array(outputs.shape, 7)
+
+    def loss(inputs):
+        return keras.ops.sum(layer(inputs) * keras.ops.convert_to_tensor(cotangent))
+
+    (grad_inputs,) = gradients(loss, x)
+    v = np.random.default_rng(8).normal(size=x.shape)
+    directional = reference_local_conv_transpose(
+        v, dequantized, kernel_size, strides, ones, padding, None, data_format
+    )
+    np.testing.assert_allclose(
+        np.sum(grad_inputs * v), np.sum(cotangent * directional), rtol=1e-4, atol=1e-3
+    )
+
+
+class _Chunked(LocallyConnected2D):
+    """A layer whose engine runs two positions at a time (the int8 kernel
+    decoded chunk by chunk)."""
+
+    @staticmethod
+    def _engine(*args, **kwargs):
+        formulation = Formulation(2, True, False, 2)
+        return _local_conv.local_conv(*args, **kwargs, formulation=formulation)
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("chunked", [False, True], ids=["layer", "chunked"])
+@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY, INT4_BLOCK])
+def test_the_gradient_reaches_the_inputs_through_the_dequantized_kernel(mode, chunked):
+    """The kernel takes no gradient; the inputs take that of the float layer
+    whose kernel is the dequantized one (the input quantization passes the
+    gradient straight through, as Keras' Dense does)."""
+    case = CASES[3] if not chunked else CASES[2]
+    if chunked:
+        _, spatial, kernel_size, strides, dilation, padding, data_format = case
+        layer = _Chunked(5, kernel_size, padding=padding, data_format=data_format)
+        x = random_array(batch_shape(2, spatial, 3, data_format))
+        layer.build(x.shape)
+        layer.set_weights([random_array(w.shape, 3) for w in layer.weights])
+        # A subclass computes as it likes: Keras' type check refuses it.
+        with pytest.raises(NotImplementedError, match="quantize"):
+            layer.quantize(**_config(mode))
+        layer.quantize(type_check=False, **_config(mode))
+    else:
+        layer, x = _layer(case)
+        layer.quantize(**_config(mode))
+    dequantized = _dequantized_kernel(layer)
+    outputs = to_numpy(layer(x))
+    cotangent = random_array(outputs.shape, 7)
+
+    def loss(inputs):
+        return keras.ops.sum(layer(inputs) * keras.ops.convert_to_tensor(cotangent))
+
+    (grad_inputs,) = gradients(loss, x)
+    v = np.random.default_rng(8).normal(size=x.shape)
+    np.testing.assert_allclose(
+        np.sum(grad_inputs * v),
+        np.sum(cotangent * _reference(case, v, dequantized)),
+        rtol=1e-4,
+        atol=1e-3,
+    )
+    assert [w.name for w in layer.trainable_weights] == ["bias"]
+
+
+def _model(channels=3, spatial=(6, 5), filters=4):
+    model = keras.Sequential(
+        [
+            keras.Input((*spatial, channels)),
+            LocallyConnected2D(filters, 3, padding="same", name="local"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(5, name="dense"),
+        ]
+    )
+    for i, w in enumerate(model.weights):
+        fan_in = w.shape[-2] if len(w.shape) > 1 else 1
+        w.assign(random_array(w.shape, i) / np.sqrt(fan_in))
+    return model
+
+
+def test_model_quantize_quantizes_the_local_and_the_dense_layers():
+    model = _model()
+    x = random_array((3, 6, 5, 3), 9)
+    float_outputs = model.predict(x, verbose=0)
+    model.quantize("int8")
+    for name in ("local", "dense"):
+        layer = model.get_layer(name)
+        assert layer.quantization_mode == "int8", name
+        assert keras.backend.standardize_dtype(layer._kernel.dtype) == "int8", name
+    outputs = model.predict(x, verbose=0)
+    assert _relative_error(outputs, float_outputs) < 0.03
+
+
+@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY, "int4"])
+def test_a_quantized_model_saves_and_loads_its_quantized_variables(
+    mode, tmp_path, monkeypatch
+):
+    model = _model(channels=16, spatial=(16, 16), filters=16)
+    float_path = os.fspath(tmp_path / "float.keras")
+    model.save(float_path)
+    model.quantize(**_config(mode))
+    x = random_array((2, 16, 16, 16), 4)
+    outputs = model.predict(x, verbose=0)
+    path = os.fspath(tmp_path / "int8.keras")
+    model.save(path)
+
+    def no_float_kernel(self, *args):
+        raise AssertionError(f"{self.name}: a float kernel allocated on load")
+
+    monkeypatch.setattr(LocalBase, "_float_kernel", no_float_kernel)
+    loaded = keras.models.load_model(path)
+    layer = loaded.get_layer("local")
+    if mode == "int4":
+        assert layer.dtype_policy.name == "int4/128_from_float32"
+        assert layer.inputs_quantizer is None
+        assert tuple(layer.kernel_zero.shape) == (256, 2, 16)  # 144 rows of K
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), outputs, atol=1e-6)
+        assert os.path.getsize(path) <= 0.2 * os.path.getsize(float_path)
+        return
+    assert layer.quantization_mode == "int8"
+    assert {
+        w.name: keras.backend.standardize_dtype(w.dtype) for w in layer.weights
+    } == {
+        "kernel": "int8",
+        "kernel_scale": "float32",
+        "bias": "float32",
+    }
+    # Weight-only stays weight-only.
+    assert (layer.inputs_quantizer is None) == (mode == WEIGHT_ONLY)
+    np.testing.assert_array_equal(
+        to_numpy(layer._kernel.value), to_numpy(model.get_layer("local")._kernel.value)
+    )
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), outputs, rtol=1e-5, atol=1e-6
+    )
+    assert os.path.getsize(path) <= 0.3 * os.path.getsize(float_path)
+
+
+def test_quantize_refuses_what_keras_refuses():
+    case = CASES[2]
+    unbuilt = LocallyConnected2D(4, 3)
+    with pytest.raises(ValueError, match="isn't yet built"):
+        unbuilt.quantize("int8")
+    layer, _ = _layer(case)
+    layer.quantize("int8")
+    with pytest.raises(ValueError, match="already quantized"):
+        layer.quantize("int8")
+    half, _ = _layer(case, dtype="float16")
+    with pytest.raises(ValueError, match="float16"):
+        half.quantize("int8")
+
+
+@pytest.mark.parametrize("mode", ["float8", "gptq"])
+def test_unsupported_modes_are_refused_naming_the_supported_ones(mode):
+    layer, _ = _layer(CASES[2])
+    if mode == "gptq":  # Keras asks for a GPTQConfig
+        arguments = dict(config=keras.quantizers.GPTQConfig(["text"], None))
+    else:
+        arguments = dict(mode=mode)
+    supported = r"LocallyConnected2D '.*'.*\('int8', 'int4'\)"
+    with pytest.raises(NotImplementedError, match=supported):
+        layer.quantize(**arguments)
+    assert layer.quantization_mode is None
+
+
+def test_model_quantize_goes_on_past_a_mode_the_local_layer_refuses():
+    model = _model()
+    x = random_array((2, 6, 5, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.quantize("float8")
+    assert any("'float8' is not supported" in str(w.message) for w in caught)
+    assert model.get_layer("dense").quantization_mode == "float8"
+    assert model.get_layer("local").quantization_mode is None
+    assert np.isfinite(model.predict(x, verbose=0)).all()
+
+
+def test_int8_under_mixed_bfloat16():
+    layer, x = _layer(CASES[2], dtype="mixed_bfloat16")
+    float_outputs = to_numpy(keras.ops.cast(layer(x), "float32"))
+    layer.quantize("int8")
+    assert layer.dtype_policy.name == "int8_from_mixed_bfloat16"
+    outputs = layer(x)
+    assert keras.backend.standardize_dtype(outputs.dtype) == "bfloat16"
+    outputs = to_numpy(keras.ops.cast(outputs, "float32"))
+    assert _relative_error(outputs, float_outputs) < 0.04
