@@ -227,6 +227,7 @@ def to_conv(lc_layer):
             f"{owner} is not built: it has no weights to average yet. Build it "
             f"(or call it on an input) first."
         )
+    _refuse_quantized(lc_layer, owner)
     padding = _conv_padding(lc_layer, owner)
     if max(lc_layer.strides) > 1 and max(lc_layer.dilation_rate) > 1:
         raise ValueError(
@@ -262,6 +263,18 @@ def to_conv(lc_layer):
         bias = ops.reshape(lc_layer.bias, (-1, lc_layer.filters))
         conv.bias.assign(ops.tensordot(weights, bias, axes=1))
     return conv
+
+
+def _refuse_quantized(lc_layer, owner):
+    """A quantized kernel holds int8 (or packed int4) values: convert the
+    float layer, then quantize."""
+    if lc_layer.quantization_mode is not None:
+        raise ValueError(
+            f"{owner} is quantized (quantization_mode="
+            f"{lc_layer.quantization_mode!r}): its kernel holds integer values, "
+            f"not weights to copy or average. Convert the float layer, then "
+            f"quantize the result."
+        )
 
 
 def _position_weights(lc_layer):
@@ -325,6 +338,7 @@ def untie(lc_layer):
             f"to copy, follow from the input shape. Build it (or call it on an "
             f"input) first."
         )
+    _refuse_quantized(lc_layer, owner)
     config = {**lc_layer.get_config(), "position_groups": None}
     untied = type(lc_layer).from_config(config)
     untied.build(input_shape)

@@ -133,7 +133,8 @@ def positions_layout_map(
     selected = [
         layer
         for layer in _locally_connected_layers(model)
-        if name_pattern is None or re.fullmatch(name_pattern, _layer_path(layer.kernel))
+        if name_pattern is None
+        or re.fullmatch(name_pattern, _layer_path(layer._kernel))
     ]
     if not selected:
         raise ValueError(
@@ -143,17 +144,18 @@ def positions_layout_map(
             + ". Build the model first (give it a `keras.Input` or call it)."
         )
     for layer in selected:
-        num_positions = layer.kernel.shape[0]
+        kernel = layer._kernel  # the stored variable (LoRA's merge is not one)
+        num_positions = kernel.shape[0]
         if num_positions % axis_size:
             raise ValueError(
                 f"positions_layout_map: layer {layer.name!r} has {num_positions} "
                 f"{_positions_kind(layer)} (kernel shape "
-                f"{tuple(layer.kernel.shape)}), "
+                f"{tuple(kernel.shape)}), "
                 f"which the mesh axis {axis_name!r} of size {axis_size} does "
                 f"not divide. Change the mesh or the layer's output shape, or "
                 f"leave the layer out with `name_pattern`."
             )
-        layout_map[layer.kernel.path] = (axis_name, None, None)
+        layout_map[kernel.path] = (axis_name, None, None)
         bias = layer.bias
         if bias is not None and bias.shape[0] % axis_size == 0:
             layout_map[bias.path] = (axis_name, *(None,) * (len(bias.shape) - 1))

@@ -106,6 +106,7 @@ def test_tensorflow_channels_first_conv1d_is_refused_without_onednn_and_runs_wit
         assert value != "None" and float(value) >= 0.0
 
 
+@pytest.mark.needs_keras("3.13.0")  # Keras' quantization configs
 def test_quantization_page_quantizes_saves_and_enables_lora(
     tmp_path, monkeypatch, capsys
 ):

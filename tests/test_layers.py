@@ -623,3 +623,23 @@ def test_constraints_are_applied_during_fit():
     assert np.count_nonzero(kernel == 0.0) > 0  # the constraint clipped something
     norms = np.sqrt(np.sum(to_numpy(layer.bias) ** 2, axis=0))
     assert norms.max() <= 0.1 + 1e-6
+
+
+def test_quantize_is_refused_clearly_on_a_keras_without_quantization_configs():
+    """Keras 3.13 brought the quantization configs these layers follow: there
+    `quantize` works; before, it raises the NotImplementedError that
+    `Model.quantize` turns into a warning, naming the Keras it needs."""
+    from keras_localconn.layers._quantization import HAS_QUANTIZATION_CONFIGS
+
+    layer = LocallyConnected2D(3, 2, name="q")
+    layer.build((None, 5, 5, 2))
+    assert HAS_QUANTIZATION_CONFIGS == hasattr(
+        keras.quantizers, "Int8QuantizationConfig"
+    )
+    if HAS_QUANTIZATION_CONFIGS:
+        layer.quantize("int8")
+        assert layer.quantization_mode == "int8"
+    else:
+        with pytest.raises(NotImplementedError, match=r"'q'.*Keras >= 3.13"):
+            layer.quantize("int8")
+        assert layer.quantization_mode is None

@@ -169,6 +169,12 @@ def test_enable_lora_refuses_what_keras_refuses():
     layer.enable_lora(2)
     with pytest.raises(ValueError, match="already enabled"):
         layer.enable_lora(2)
+
+
+@pytest.mark.needs_keras("3.13.0")  # quantize: Keras' quantization configs
+def test_lora_and_quantization_refuse_each_other():
+    layer, _ = _layer(CASES[1])
+    layer.enable_lora(2)
     with pytest.raises(NotImplementedError, match="LoRA enabled cannot be quantized"):
         layer.quantize("int8")
     quantized, _ = _layer(CASES[1])

@@ -26,6 +26,10 @@ from tests.helpers import (
 from tests.reference import reference_local_conv
 from tests.reference_transpose import reference_local_conv_transpose
 
+# Keras' quantization configs and int4 mode came with Keras 3.13; an older
+# Keras has the layers refuse `quantize` (the test at the end).
+pytestmark = pytest.mark.needs_keras("3.13.0")
+
 WEIGHT_ONLY = "weight-only"
 INT4_BLOCK = "int4-block8"
 INT4_PER_CHANNEL = "int4-per-channel"
@@ -431,3 +435,33 @@ def test_int8_under_mixed_bfloat16():
     assert keras.backend.standardize_dtype(outputs.dtype) == "bfloat16"
     outputs = to_numpy(keras.ops.cast(outputs, "float32"))
     assert _relative_error(outputs, float_outputs) < 0.04
+
+
+def test_a_quantized_layer_is_not_converted():
+    """`to_conv` would average, and `untie` copy, integer values."""
+    from keras_localconn import to_conv, untie
+
+    layer = LocallyConnected2D(3, 2, position_groups=2, name="q")
+    layer.build((None, 5, 5, 2))
+    layer.quantize("int8")
+    for convert in (to_conv, untie):
+        with pytest.raises(ValueError, match=r"'q' is quantized.*'int8'.*then"):
+            convert(layer)
+
+
+@pytest.mark.parametrize("mode", ["int8", "lora"])
+def test_a_quantized_or_lora_kernel_is_sharded_over_its_positions(mode):
+    from keras.distribution import DeviceMesh
+
+    from keras_localconn.distribution import positions_layout_map
+
+    model = keras.Sequential(
+        [keras.Input((6, 5, 2)), LocallyConnected2D(3, 2, name="lc")], name="net"
+    )  # 20 positions
+    if mode == "lora":
+        model.get_layer("lc").enable_lora(2)
+    else:
+        model.quantize(mode)
+    mesh = DeviceMesh((4,), ("model",), [f"device{i}" for i in range(4)])
+    layout_map = positions_layout_map(mesh, model, axis_name="model")
+    assert layout_map["net/lc/kernel"].axes == ("model", None, None)

@@ -40,6 +40,7 @@ through, as Dense's custom gradient lets it).
 
 import math
 
+import keras
 import numpy as np
 from keras import dtype_policies, ops, quantizers
 from keras.saving import deserialize_keras_object, serialize_keras_object
@@ -49,6 +50,9 @@ from keras.saving import deserialize_keras_object, serialize_keras_object
 # `Model.quantize` turns into a warning, so that the rest of a model is
 # still quantized.
 SUPPORTED_MODES = ("int8", "int4")
+# Keras 3.13 added the quantization configs (and int4 to Layer.quantize);
+# an older Keras refuses `quantize` on these layers with a clear error.
+HAS_QUANTIZATION_CONFIGS = hasattr(quantizers, "Int8QuantizationConfig")
 
 
 def _weight_quantizer(config, default):
@@ -126,6 +130,12 @@ class LocalQuantization:
         ``activation_quantizer=None``: weight-only) or an
         `Int4QuantizationConfig` (its `block_size`).
         """
+        if not HAS_QUANTIZATION_CONFIGS:
+            raise NotImplementedError(
+                f"{self._owner}: quantizing a locally connected layer needs "
+                f"Keras >= 3.13 (keras.quantizers.Int8QuantizationConfig and "
+                f"int4 mode); this is Keras {keras.__version__}."
+            )
         if type_check and not type(self).__module__.startswith("keras_localconn."):
             # Dense refuses its subclasses: a subclass may compute otherwise.
             raise self._not_implemented_error(self.quantize)
@@ -379,8 +389,16 @@ class LocalQuantization:
 
     def load_own_variables(self, store):
         lora_enabled = getattr(self, "lora_enabled", False)
-        if not lora_enabled:
-            self._check_load_own_variables(store)
+        if not lora_enabled and len(store.keys()) != len(self.weights):
+            # Keras' own check (`Layer._check_load_own_variables`, Keras >=
+            # 3.12): nothing is half-loaded.
+            raise ValueError(
+                f"{self._owner}: expected {len(self.weights)} variables, but "
+                f"the weights file holds {len(store.keys())} for this layer"
+                + ("" if self.built else " (the layer is not built)")
+                + ". Was it saved with another configuration (use_bias, "
+                "quantization, position_groups)?"
+            )
         if not self.built:
             return
         mode = self.quantization_mode

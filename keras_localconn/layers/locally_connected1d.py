@@ -67,7 +67,10 @@ class LocallyConnected1D(BaseLocallyConnected):
             group the layer is `keras.layers.Conv1D`. See the "Position
             groups" page.
         **kwargs: Base layer keyword arguments (`name`, `dtype`,
-            `trainable`, ...).
+            `trainable`, ...), and, as `keras.layers.Dense` takes them,
+            `quantization_config` (the config of a quantized layer, see
+            `quantize`) and `lora_rank` / `lora_alpha` (LoRA enabled when
+            the layer is built, see `enable_lora`).
 
     Input shape:
         `(batch, steps, channels)` with `"channels_last"`, or

@@ -68,7 +68,10 @@ class LocallyConnected3D(BaseLocallyConnected):
             group the layer is `keras.layers.Conv3D`. See the "Position
             groups" page.
         **kwargs: Base layer keyword arguments (`name`, `dtype`,
-            `trainable`, ...).
+            `trainable`, ...), and, as `keras.layers.Dense` takes them,
+            `quantization_config` (the config of a quantized layer, see
+            `quantize`) and `lora_rank` / `lora_alpha` (LoRA enabled when
+            the layer is built, see `enable_lora`).
 
     Input shape:
         `(batch, dim1, dim2, dim3, channels)` with `"channels_last"`, or

@@ -59,7 +59,10 @@ class LocallyConnected3DTranspose(BaseLocallyConnectedTranspose):
             optimizer update.
         bias_constraint: Constraint applied to the bias after each update.
         **kwargs: Base layer keyword arguments (`name`, `dtype`,
-            `trainable`, ...).
+            `trainable`, ...), and, as `keras.layers.Dense` takes them,
+            `quantization_config` (the config of a quantized layer, see
+            `quantize`) and `lora_rank` / `lora_alpha` (LoRA enabled when
+            the layer is built, see `enable_lora`).
 
     Input shape:
         `(batch, dim1, dim2, dim3, channels)` with `"channels_last"`, or
