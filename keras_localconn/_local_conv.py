@@ -123,11 +123,10 @@ def local_conv(
             per_unit=plan.per_unit,
         )
     if grouping is not None:
-        if bias is not None:
-            bias = ops.take(bias, grouping.groups.astype("int32"), axis=0)
         if grouping.count == 1 and formulation.conv and _conv_takes(geo):
-            outputs = _one_group(inputs, kernel, geo, channels_last)
-            return _output(outputs, bias, geo, channels_last, spatial=True)
+            return _one_group(inputs, kernel, bias, geo, channels_last)
+        if bias is not None:  # (T, F) -> one row per position
+            bias = ops.take(bias, grouping.groups.astype("int32"), axis=0)
         if plan.kernels is not None:  # at most 2 T kernels, never P
             kernel = _take_kernel(kernel, plan.kernels)
     x_rows = _input_rows(inputs, geo, channels_last, formulation)
@@ -316,10 +315,11 @@ def _conv_takes(geo):
     return max(geo.strides) == 1 or max(geo.dilation_rate) == 1
 
 
-def _one_group(inputs, kernel, geo, channels_last):
-    """``(batch, *out, filters)``: one kernel shared by every position, a
-    convolution, computed by `keras.ops.conv` in channels_last (which every
-    backend runs on a CPU) after this engine's own padding."""
+def _one_group(inputs, kernel, bias, geo, channels_last):
+    """`local_conv`'s result with one kernel (and bias, ``(1, filters)``)
+    shared by every position: a convolution, computed by `keras.ops.conv` in
+    channels_last (which every backend runs on a CPU) after this engine's own
+    padding."""
     kernel = _kernel_rows(kernel, 0, 1)[0]  # (K, F)
     rank = geo.rank
     if channels_last:  # K ordered (offsets..., channel)
@@ -342,6 +342,8 @@ def _one_group(inputs, kernel, geo, channels_last):
         data_format="channels_last",
         dilation_rate=geo.dilation_rate,
     )
+    if bias is not None:
+        outputs = outputs + ops.reshape(bias, (-1,))
     if channels_last:
         return outputs
     return ops.transpose(outputs, (0, rank + 1, *range(1, rank + 1)))
@@ -601,16 +603,9 @@ def _by_unit(values, per_unit):
     return ops.reshape(values, (-1, per_unit * shape[1], shape[2]))
 
 
-def _output(outputs, bias, geo, channels_last, spatial=False):
+def _output(outputs, bias, geo, channels_last):
     """``(P, B, F)`` plus the bias ``(P, F)``, as ``(B, *out, F)`` or
-    ``(B, F, *out)``; with `spatial`, outputs already in that layout."""
-    if spatial:
-        if bias is not None:
-            bias = ops.reshape(bias, (*geo.output_shape, -1))
-            if not channels_last:
-                bias = ops.moveaxis(bias, -1, 0)
-            outputs = outputs + bias
-        return outputs
+    ``(B, F, *out)``."""
     filters = outputs.shape[-1]
     if bias is not None:
         outputs = outputs + ops.expand_dims(bias, 1)

@@ -79,26 +79,25 @@ class BaseLocallyConnected(LocalBase):
     def _output_spatial_shape(self, geo):
         return geo.output_shape
 
-    def _grouping(self, geo):
-        """The `_groups.Grouping` of the built output shape, or None."""
-        return _groups.resolve(self.position_groups, geo.output_shape, self._owner)
-
     def build(self, input_shape):
-        # Resolved (and a map checked against the output shape) once.
-        self._built_grouping = self._grouping(self._geometry(input_shape))
+        # The groups of the built output shape (a map checked against it),
+        # resolved once: the kernel and bias shapes and every call read them.
+        self._built_grouping = _groups.resolve(
+            self.position_groups,
+            self._geometry(input_shape).output_shape,
+            self._owner,
+        )
         super().build(input_shape)
 
     def _kernel_shape(self, geo, channels):
-        grouping = self._grouping(geo)
-        if grouping is None:
+        if self._built_grouping is None:
             return geo.kernel_shape(self.filters)
-        return (grouping.count, geo.patch_size, self.filters)
+        return (self._built_grouping.count, geo.patch_size, self.filters)
 
     def _bias_shape(self, geo):
-        grouping = self._grouping(geo)
-        if grouping is None:
+        if self._built_grouping is None:
             return super()._bias_shape(geo)
-        return (grouping.count, self.filters)
+        return (self._built_grouping.count, self.filters)
 
     def _engine_options(self):
         return {"position_groups": self._built_grouping}
