@@ -1,7 +1,8 @@
 """What several test modules share: random data, the layer tables,
 `run_layer_test`'s arguments, the case grids of the forward op with their ids
-and random problem, the gradient check and jax's local convolution as an
-oracle.
+and random problem, the formulations' ids, trained-looking convolutions with
+the padding both kinds of layer share, the gradient check and jax's local
+convolution as an oracle.
 
 Test modules import from here (and from the reference modules); none imports
 from another test module.
@@ -21,6 +22,7 @@ from keras_localconn import (
     LocallyConnected3D,
     LocallyConnected3DTranspose,
 )
+from tests.autodiff import to_numpy
 from tests.reference import reference_output_shape
 
 LOCALLY_CONNECTED = {
@@ -291,3 +293,85 @@ def jax_local_conv(x, kernel, out_shape, kernel_size, strides, dilation, padding
             precision=jax.lax.Precision.HIGHEST,
         )
     )
+
+
+# --------------------------------------------------------------------------
+# Formulations and convolutions
+# --------------------------------------------------------------------------
+
+
+def formulation_id(formulation):
+    """A `_schedule.Formulation` as a test id."""
+    chunk, batch_first, by_map, group, scatter_add, conv = formulation
+    return (
+        f"{'all' if chunk is None else f'chunk{chunk}'}"
+        f"-{'bc' if batch_first else 'cb'}"
+        f"-{'map' if by_map else 'loop'}"
+        f"{'' if group is None else f'-group{group}'}"
+        f"{'-segsum' if scatter_add is False else ''}"
+        f"{'' if conv else '-matmul'}"
+    )
+
+
+# (spatial, channels, kernel_size, strides, dilation, padding): every padding
+# a Keras Conv shares with the locally connected layers, strides, dilation.
+CONV_LAYER_CASES = [
+    ((9,), 2, 3, 1, 1, "valid"),
+    ((9,), 2, 3, 2, 1, "same"),
+    ((9,), 2, 3, 1, 2, "causal"),
+    ((9,), 2, 2, 3, 1, "valid"),
+    ((9,), 2, 3, 1, 2, "same"),
+    ((7, 6), 2, (3, 2), 1, 1, "same"),
+    ((7, 6), 2, (3, 2), (2, 1), 1, "valid"),
+    ((7, 6), 2, (3, 2), 1, (1, 2), "same"),
+    ((7, 6), 2, (3, 2), 2, 1, "same"),
+    ((5, 4, 3), 2, (2, 3, 2), 1, 1, "valid"),
+    ((5, 4, 3), 2, (2, 3, 2), (2, 1, 2), 1, "same"),
+    ((5, 6, 3), 2, (2, 3, 2), 1, (1, 2, 1), "valid"),
+]
+
+
+def conv_layer_case_id(case):
+    """A `CONV_LAYER_CASES` entry as a test id."""
+    spatial, channels, kernel, strides, dilation, padding = case
+    return f"{len(spatial)}d-k{kernel}-s{strides}-d{dilation}-{padding}".replace(
+        " ", ""
+    )
+
+
+def trained_looking_conv(case, data_format, seed=0, **kwargs):
+    """A built Conv*D of 3 filters for a `CONV_LAYER_CASES` entry, with
+    random kernel and bias, as if trained."""
+    spatial, channels, kernel_size, strides, dilation, padding = case
+    conv = CONV[len(spatial)](
+        3,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation,
+        data_format=data_format,
+        **kwargs,
+    )
+    conv.build(batch_shape(None, spatial, channels, data_format))
+    rng = np.random.default_rng(seed)
+    conv.set_weights([rng.normal(size=w.shape) for w in conv.get_weights()])
+    return conv
+
+
+def conv_inputs(case, data_format, batch=2, seed=1):
+    """Random inputs for a `CONV_LAYER_CASES` entry."""
+    spatial, channels = case[:2]
+    return random_array(batch_shape(batch, spatial, channels, data_format), seed)
+
+
+def conv_outputs(conv, x):
+    """`conv(x)`; TensorFlow has no channels_first convolution on the CPU, so
+    there a channels_last twin with the same weights runs, transposed around."""
+    if conv.data_format == "channels_last" or keras.backend.backend() != "tensorflow":
+        return to_numpy(conv(x))
+    config = dict(conv.get_config(), data_format="channels_last", name=None)
+    twin = type(conv).from_config(config)
+    x_last = np.moveaxis(x, 1, -1)
+    twin.build(x_last.shape)
+    twin.set_weights(conv.get_weights())  # the kernel layout is the same
+    return np.moveaxis(to_numpy(twin(x_last)), -1, 1)

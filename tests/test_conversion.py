@@ -13,94 +13,41 @@ from keras_localconn import (
     to_conv,
 )
 from tests.autodiff import to_numpy
-from tests.helpers import CONV, batch_shape, random_array
+from tests.helpers import (
+    CONV_LAYER_CASES,
+    batch_shape,
+    conv_inputs,
+    conv_layer_case_id,
+    conv_outputs,
+    trained_looking_conv,
+)
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
-# (spatial, channels, kernel_size, strides, dilation, padding): every padding
-# a Keras Conv shares with the locally connected layers, strides, dilation.
-CASES = [
-    ((9,), 2, 3, 1, 1, "valid"),
-    ((9,), 2, 3, 2, 1, "same"),
-    ((9,), 2, 3, 1, 2, "causal"),
-    ((9,), 2, 2, 3, 1, "valid"),
-    ((9,), 2, 3, 1, 2, "same"),
-    ((7, 6), 2, (3, 2), 1, 1, "same"),
-    ((7, 6), 2, (3, 2), (2, 1), 1, "valid"),
-    ((7, 6), 2, (3, 2), 1, (1, 2), "same"),
-    ((7, 6), 2, (3, 2), 2, 1, "same"),
-    ((5, 4, 3), 2, (2, 3, 2), 1, 1, "valid"),
-    ((5, 4, 3), 2, (2, 3, 2), (2, 1, 2), 1, "same"),
-    ((5, 6, 3), 2, (2, 3, 2), 1, (1, 2, 1), "valid"),
-]
-
-
-def _case_id(case):
-    spatial, channels, kernel, strides, dilation, padding = case
-    return f"{len(spatial)}d-k{kernel}-s{strides}-d{dilation}-{padding}".replace(
-        " ", ""
-    )
-
-
-def _trained_looking_conv(case, data_format, seed=0, **kwargs):
-    """A built Conv*D with random kernel and bias, as if trained."""
-    spatial, channels, kernel_size, strides, dilation, padding = case
-    conv = CONV[len(spatial)](
-        3,
-        kernel_size,
-        strides=strides,
-        padding=padding,
-        dilation_rate=dilation,
-        data_format=data_format,
-        **kwargs,
-    )
-    conv.build(batch_shape(None, spatial, channels, data_format))
-    rng = np.random.default_rng(seed)
-    conv.set_weights([rng.normal(size=w.shape) for w in conv.get_weights()])
-    return conv
-
-
-def _conv_outputs(conv, x):
-    """`conv(x)`; TensorFlow has no channels_first convolution on the CPU, so
-    there a channels_last twin with the same weights runs, transposed around."""
-    if conv.data_format == "channels_last" or keras.backend.backend() != "tensorflow":
-        return to_numpy(conv(x))
-    config = dict(conv.get_config(), data_format="channels_last", name=None)
-    twin = type(conv).from_config(config)
-    x_last = np.moveaxis(x, 1, -1)
-    twin.build(x_last.shape)
-    twin.set_weights(conv.get_weights())  # the kernel layout is the same
-    return np.moveaxis(to_numpy(twin(x_last)), -1, 1)
-
-
-def _inputs(case, data_format, batch=2, seed=1):
-    spatial, channels = case[:2]
-    return random_array(batch_shape(batch, spatial, channels, data_format), seed)
-
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CONV_LAYER_CASES, ids=conv_layer_case_id)
 def test_from_conv_outputs_equal_the_convolution(case, data_format):
-    conv = _trained_looking_conv(case, data_format, activation="tanh")
+    conv = trained_looking_conv(case, data_format, activation="tanh")
     local = from_conv(conv)
     assert isinstance(local, keras_localconn.layers.BaseLocallyConnected)
     assert local.rank == conv.rank and local.built
-    x = _inputs(case, data_format)
-    np.testing.assert_allclose(to_numpy(local(x)), _conv_outputs(conv, x), **TOL)
+    x = conv_inputs(case, data_format)
+    np.testing.assert_allclose(to_numpy(local(x)), conv_outputs(conv, x), **TOL)
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CONV_LAYER_CASES, ids=conv_layer_case_id)
 def test_to_conv_of_from_conv_gives_back_the_convolution(case, data_format):
-    conv = _trained_looking_conv(case, data_format)
+    conv = trained_looking_conv(case, data_format)
     local = from_conv(conv)
     back = to_conv(local)
     assert type(back) is type(conv)
     assert back.get_config() == conv.get_config()
     for restored, original in zip(back.get_weights(), conv.get_weights()):
         np.testing.assert_allclose(restored, original, rtol=1e-6, atol=1e-6)
-    x = _inputs(case, data_format)
-    np.testing.assert_allclose(_conv_outputs(back, x), to_numpy(local(x)), **TOL)
+    x = conv_inputs(case, data_format)
+    np.testing.assert_allclose(conv_outputs(back, x), to_numpy(local(x)), **TOL)
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
@@ -181,13 +128,13 @@ def test_from_conv_builds_an_unbuilt_conv_for_input_shape(input_shape):
 
 
 def test_from_conv_includes_a_lora_update_of_the_kernel():
-    conv = _trained_looking_conv(CASES[5], "channels_last")
+    conv = trained_looking_conv(CONV_LAYER_CASES[5], "channels_last")
     conv.enable_lora(2)
     rng = np.random.default_rng(4)
     conv.lora_kernel_b.assign(rng.normal(size=conv.lora_kernel_b.shape))
     local = from_conv(conv)
-    x = _inputs(CASES[5], "channels_last")
-    np.testing.assert_allclose(to_numpy(local(x)), _conv_outputs(conv, x), **TOL)
+    x = conv_inputs(CONV_LAYER_CASES[5], "channels_last")
+    np.testing.assert_allclose(to_numpy(local(x)), conv_outputs(conv, x), **TOL)
 
 
 @pytest.mark.parametrize(
@@ -328,14 +275,16 @@ def test_untied_positions_learn_apart():
 
 
 def test_from_conv_keeps_a_mixed_precision_policy():
-    conv = _trained_looking_conv(CASES[5], "channels_last", dtype="mixed_float16")
+    conv = trained_looking_conv(
+        CONV_LAYER_CASES[5], "channels_last", dtype="mixed_float16"
+    )
     local = from_conv(conv)
     assert local.dtype_policy.name == "mixed_float16"
     assert local.kernel.dtype == "float32" and local.compute_dtype == "float16"
-    x = _inputs(CASES[5], "channels_last")
+    x = conv_inputs(CONV_LAYER_CASES[5], "channels_last")
     np.testing.assert_allclose(
         to_numpy(local(x)).astype("float32"),
-        _conv_outputs(conv, x).astype("float32"),
+        conv_outputs(conv, x).astype("float32"),
         rtol=1e-2,
         atol=2e-2,
     )

@@ -28,6 +28,7 @@ from tests.helpers import (
     PADDING_CASES,
     assert_gradients_equal_directional_derivatives,
     batch_shape,
+    formulation_id,
     forward_case_id,
     padding_case_id,
     random_forward_problem,
@@ -53,17 +54,6 @@ if not _transpose.HAS_SCATTER_ADD:  # Keras < 3.14: the segment sum only
     FORMULATIONS = [f._replace(scatter_add=False) for f in FORMULATIONS]
 
 
-def _formulation_id(formulation):
-    chunk, batch_first, by_map, group, scatter_add, conv = formulation
-    return (
-        f"{'all' if chunk is None else f'chunk{chunk}'}"
-        f"-{'bc' if batch_first else 'cb'}"
-        f"-{'map' if by_map else 'loop'}"
-        f"{'' if group is None else f'-group{group}'}"
-        f"{'-segsum' if scatter_add is False else ''}"
-    )
-
-
 def _run(x, kernel, case, data_format, formulation, bias=None):
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
     return _local_conv.local_conv(
@@ -79,7 +69,7 @@ def _run(x, kernel, case, data_format, formulation, bias=None):
     )
 
 
-@pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize(
     "case", FORWARD_CASES[::2] + FORWARD_CASES[-7:], ids=forward_case_id
@@ -103,7 +93,7 @@ def test_every_formulation_equals_numpy_reference(case, data_format, formulation
 
 
 @pytest.mark.training
-@pytest.mark.parametrize("formulation", FORMULATIONS[1:], ids=_formulation_id)
+@pytest.mark.parametrize("formulation", FORMULATIONS[1:], ids=formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("case", FORWARD_CASES[1::9], ids=forward_case_id)
 def test_every_formulation_has_the_reference_gradients(case, data_format, formulation):
@@ -233,7 +223,7 @@ def test_a_pinned_formulation_computes_the_same_layer():
             )
 
 
-@pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("case", PADDING_CASES[::3], ids=padding_case_id)
 def test_every_formulation_with_circular_or_explicit_padding(
@@ -301,7 +291,7 @@ def _encoded(kernel):
     return encoded, values.astype("float32") * scale
 
 
-@pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
 def test_an_encoded_kernel_is_decoded_chunk_by_chunk(formulation):
     """Forward against the reference on the decoded kernel; the gradient
     reaches the inputs (an encoded kernel has none)."""

@@ -20,17 +20,22 @@ from keras_localconn._schedule import Formulation
 from keras_localconn.ops import local_conv
 from tests.autodiff import gradients, to_numpy
 from tests.helpers import (
-    CONV,
+    CONV_LAYER_CASES,
     FORWARD_CASES,
     LOCALLY_CONNECTED,
     LOCALLY_CONNECTED_TRANSPOSE,
     PADDING_CASES,
     assert_gradients_equal_directional_derivatives,
     batch_shape,
+    conv_inputs,
+    conv_layer_case_id,
+    conv_outputs,
+    formulation_id,
     forward_case_id,
     layer_test_parameters,
     padding_case_id,
     random_array,
+    trained_looking_conv,
 )
 from tests.keras_testing import TestCase
 from tests.reference import reference_local_conv, reference_output_shape
@@ -190,18 +195,7 @@ FORMULATIONS = [
 GRADIENT_CASES = [FORWARD_CASES[1], FORWARD_CASES[21], FORWARD_CASES[31]]
 
 
-def _formulation_id(formulation):
-    chunk, batch_first, by_map, group, scatter_add, conv = formulation
-    return (
-        f"{'all' if chunk is None else f'chunk{chunk}'}"
-        f"-{'bc' if batch_first else 'cb'}-{'map' if by_map else 'loop'}"
-        f"{'' if group is None else f'-group{group}'}"
-        f"{'-segsum' if scatter_add is False else ''}"
-        f"{'' if conv else '-matmul'}"
-    )
-
-
-@pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
 @pytest.mark.parametrize("form", ["blocks", "tiles", "one"])
 @pytest.mark.parametrize("case", GRADIENT_CASES, ids=forward_case_id)
 def test_every_formulation_of_a_grouped_call_equals_the_reference(
@@ -215,7 +209,7 @@ def test_every_formulation_of_a_grouped_call_equals_the_reference(
 
 
 @pytest.mark.training
-@pytest.mark.parametrize("formulation", FORMULATIONS, ids=_formulation_id)
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
 @pytest.mark.parametrize("form", ["blocks", "tiles", "one"])
 @pytest.mark.parametrize("case", GRADIENT_CASES, ids=forward_case_id)
 def test_every_formulation_of_a_grouped_call_has_the_reference_gradients(
@@ -253,7 +247,7 @@ def test_every_formulation_of_a_grouped_call_has_the_reference_gradients(
     )
 
 
-@pytest.mark.parametrize("formulation", FORMULATIONS[2:4], ids=_formulation_id)
+@pytest.mark.parametrize("formulation", FORMULATIONS[2:4], ids=formulation_id)
 def test_an_encoded_grouped_kernel_is_decoded_unit_by_unit(formulation):
     """An encoded kernel (int8 values and a scale per group and filter) is
     taken per unit in its encoded form and decoded chunk by chunk."""
@@ -304,60 +298,20 @@ def test_a_symbolic_call_has_the_output_shape_and_runs_in_a_model():
 # Layers: the ends of the range, and in between
 # --------------------------------------------------------------------------
 
-# (spatial, channels, kernel_size, strides, dilation, padding): every padding
-# a Keras Conv shares with the locally connected layers, strides, dilation.
-CONV_CASES = [
-    ((9,), 2, 3, 1, 1, "valid"),
-    ((9,), 2, 3, 2, 1, "same"),
-    ((9,), 2, 3, 1, 2, "causal"),
-    ((7, 6), 2, (3, 2), 1, 1, "same"),
-    ((7, 6), 2, (3, 2), (2, 1), 1, "valid"),
-    ((7, 6), 2, (3, 2), 1, (1, 2), "same"),
-    ((5, 4, 3), 2, (2, 3, 2), (2, 1, 2), 1, "same"),
-    ((5, 6, 3), 2, (2, 3, 2), 1, (1, 2, 1), "valid"),
-]
-
-
-def _conv_case_id(case):
-    spatial, channels, kernel, strides, dilation, padding = case
-    return f"{len(spatial)}d-k{kernel}-s{strides}-d{dilation}-{padding}".replace(
-        " ", ""
-    )
-
-
-def _conv_outputs(conv, x):
-    """`conv(x)`; TensorFlow has no channels_first convolution on the CPU, so
-    there a channels_last twin with the same weights runs, transposed around."""
-    if conv.data_format == "channels_last" or keras.backend.backend() != "tensorflow":
-        return to_numpy(conv(x))
-    config = dict(conv.get_config(), data_format="channels_last", name=None)
-    twin = type(conv).from_config(config)
-    x_last = np.moveaxis(x, 1, -1)
-    twin.build(x_last.shape)
-    twin.set_weights(conv.get_weights())
-    return np.moveaxis(to_numpy(twin(x_last)), -1, 1)
+# Every padding mode Conv shares with these layers, strides and dilation, in
+# each rank.
+CONV_CASES = [CONV_LAYER_CASES[i] for i in (0, 1, 2, 5, 6, 7, 10, 11)]
 
 
 def _conv_and_inputs(case, data_format):
-    spatial, channels, kernel_size, strides, dilation, padding = case
-    conv = CONV[len(spatial)](
-        3,
-        kernel_size,
-        strides=strides,
-        padding=padding,
-        dilation_rate=dilation,
-        data_format=data_format,
-        activation="tanh",
+    return (
+        trained_looking_conv(case, data_format, activation="tanh"),
+        conv_inputs(case, data_format),
     )
-    conv.build(batch_shape(None, spatial, channels, data_format))
-    rng = np.random.default_rng(0)
-    conv.set_weights([rng.normal(size=w.shape) for w in conv.get_weights()])
-    x = random_array(batch_shape(2, spatial, channels, data_format), seed=1)
-    return conv, x
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=_conv_case_id)
+@pytest.mark.parametrize("case", CONV_CASES, ids=conv_layer_case_id)
 def test_one_group_is_the_convolution(case, data_format):
     """One group holds the convolution's kernel, in the patch layout (K
     ordered offsets then channel, or channel then offsets): the same outputs
@@ -381,11 +335,11 @@ def test_one_group_is_the_convolution(case, data_format):
     layer.build(x.shape)
     assert tuple(layer.kernel.shape)[0] == 1 and tuple(layer.bias.shape) == (1, 3)
     layer.set_weights([kernel.reshape(1, -1, 3), bias.reshape(1, 3)])
-    np.testing.assert_allclose(to_numpy(layer(x)), _conv_outputs(conv, x), **TOL)
+    np.testing.assert_allclose(to_numpy(layer(x)), conv_outputs(conv, x), **TOL)
 
 
 @pytest.mark.parametrize("form", ["block2", "tiles"])
-@pytest.mark.parametrize("case", CONV_CASES[2::3], ids=_conv_case_id)
+@pytest.mark.parametrize("case", CONV_CASES[2::3], ids=conv_layer_case_id)
 def test_from_conv_starts_every_group_from_the_convolution(case, form):
     conv, x = _conv_and_inputs(case, "channels_last")
     out = conv.compute_output_shape(x.shape)[1:-1]
@@ -393,7 +347,7 @@ def test_from_conv_starts_every_group_from_the_convolution(case, form):
     local = from_conv(conv, position_groups=position_groups)
     _, count = expected_groups(position_groups, out)
     assert local.kernel.shape[0] == count
-    np.testing.assert_allclose(to_numpy(local(x)), _conv_outputs(conv, x), **TOL)
+    np.testing.assert_allclose(to_numpy(local(x)), conv_outputs(conv, x), **TOL)
     # And back: every group holds the convolution's kernel.
     back = to_conv(local)
     for restored, original in zip(back.get_weights(), conv.get_weights()):
@@ -651,7 +605,7 @@ class _ShapeRecorder:
         return recorded
 
 
-@pytest.mark.parametrize("formulation", FORMULATIONS[:4], ids=_formulation_id)
+@pytest.mark.parametrize("formulation", FORMULATIONS[:4], ids=formulation_id)
 def test_no_kernel_is_expanded_to_one_per_position(monkeypatch, formulation):
     """Forward and backward read the groups' kernels: no tensor the engine
     makes is as large as a kernel per position (P * K * filters)."""
