@@ -368,8 +368,11 @@ class LocalQuantization:
             return self.kernel if self.quantization_mode is None else self._kernel
         return getattr(self, name)
 
-    def _saved_names(self, mode):
-        """The spec's names of the variables this layer has."""
+    def _saved_names(self):
+        """The spec's names of the variables this layer has, in its mode."""
+        mode = self.quantization_mode
+        if mode not in self.variable_serialization_spec:
+            raise self._unsupported_mode_error(mode)
         return [
             name
             for name in self.variable_serialization_spec[mode]
@@ -380,11 +383,7 @@ class LocalQuantization:
     def save_own_variables(self, store):
         if not self.built:
             return
-        mode = self.quantization_mode
-        if mode not in self.variable_serialization_spec:
-            raise self._unsupported_mode_error(mode)
-        names = self._saved_names(mode)
-        for index, name in enumerate(names):
+        for index, name in enumerate(self._saved_names()):
             store[str(index)] = self._saved_variable(name)
 
     def load_own_variables(self, store):
@@ -401,11 +400,7 @@ class LocalQuantization:
             )
         if not self.built:
             return
-        mode = self.quantization_mode
-        if mode not in self.variable_serialization_spec:
-            raise self._unsupported_mode_error(mode)
-        names = self._saved_names(mode)
-        for index, name in enumerate(names):
+        for index, name in enumerate(self._saved_names()):
             variable = self._kernel if name == "kernel" else getattr(self, name)
             variable.assign(store[str(index)])
         if lora_enabled:
