@@ -22,7 +22,7 @@ import json
 import math
 import pathlib
 
-from benchmarks import groups, models
+from benchmarks import groups, models, quantization
 from benchmarks.cases import CASES, CASES_BY_NAME, DEEPFACE_LAYERS, REGIMES_BY_NAME
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -548,6 +548,60 @@ def groups_lines(runs, machine):
     return lines
 
 
+def _quantized_cell(entry, mode, float_limit):
+    """``"6.1 (2.0×, 0.55, 1.9)"``: ms, times faster than float32, ÷ the
+    float32 limit, ÷ the mode's own limit."""
+    ms = entry[f"{mode}_ms"]
+    faster = _fmt_ratio(_ratio(entry[f"{quantization.FLOAT}_ms"], ms))
+    own = _fmt_ratio(_ratio(ms, entry[f"{mode}_limit_ms"]))
+    return f"{_fmt(ms)} ({faster}×, {_fmt_ratio(_ratio(ms, float_limit))}, {own})"
+
+
+def quantization_lines(runs, machine):
+    """DeepFace's layers quantized, beside float32 and the float32 limit
+    (`quantization.time_quantization`)."""
+    with_quantization = {
+        k: r["quantization"]
+        for k, r in runs_with(runs, "quantization").items()
+        if "skipped" not in r["quantization"]
+    }
+    if not with_quantization:
+        return []
+    modes = quantization.MODES
+    lines = [
+        "",
+        "### Quantized layers",
+        "",
+        "DeepFace's layers after `model.quantize(...)`, `model.predict_on_batch`, "
+        "side by side with the float32 layer in one process. float32: ms (÷ the "
+        "float32 limit). Each mode: ms, then how many times faster than float32, "
+        "then ÷ the float32 limit (below 1: past it), then ÷ its own limit (the "
+        "bytes it stores moved once, or the FLOPs at the GEMM rate); int4 with "
+        f"Keras' default block of {quantization.INT4_BLOCK} along K.",
+        "",
+        "| backend | layer | batch | float32 ms (÷ limit) | "
+        + " | ".join(modes)
+        + " |",
+        "|---|---|--:|--:|" + "--:|" * len(modes),
+    ]
+    for k, record in with_quantization.items():
+        for shape in quantization.SHAPES:
+            for batch in quantization.BATCHES:
+                entry = record.get(shape.name, {}).get(f"b{batch}")
+                if entry is None:
+                    continue
+                float_ms = entry[f"{quantization.FLOAT}_ms"]
+                float_limit = entry[f"{quantization.FLOAT}_limit_ms"]
+                cells = [_quantized_cell(entry, m, float_limit) for m in modes]
+                lines.append(
+                    f"| {TITLES[k]} | {shape.name} | {batch} | {_fmt(float_ms)} "
+                    f"({_fmt_ratio(_ratio(float_ms, float_limit))}) | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+    return lines
+
+
 def _answer_cell(ms, limit):
     """``"12.3 (2.1×)"``: ms and ÷ the machine's limit."""
     if ms is None:
@@ -958,6 +1012,7 @@ def write_page(results_dir=RESULTS, docs_dir=DOCS):
         *models_section(results, machine),
         *regimes_lines(runs, machine),
         *groups_lines(runs, machine),
+        *quantization_lines(runs, machine),
         *chunk_curve_lines(results, runs, machine),
         "",
         *transpose_section(results_dir),

@@ -25,14 +25,16 @@ sysfs), which the chunk-size chart marks.
 
 After them, ``groups.py`` times DeepFace's L4 with position groups
 (blocks of 2x2 and 4x4, one group) beside the ungrouped layer and
-``keras.layers.Conv2D``.
+``keras.layers.Conv2D``, and ``quantization.py`` DeepFace's layers quantized
+(int8, weight-only int8, int4) beside float32 and its limit.
 
 Options: ``--only PARTS`` (comma-separated, of ``cases``, ``deepface``,
-``regimes``, ``chunk-curve``, ``groups``; default all) picks the parts; ``--cases a,b``,
-``--impls substring``, ``--regimes a,b``, ``--curve-layers L4,L5`` and
-``--curve-batches 1,8`` restrict them; ``--budget SECONDS`` is the timing
-budget per shape and mode of the cases; ``--no-memory`` skips the
-subprocesses; ``--report-only`` only rewrites the page;
+``regimes``, ``chunk-curve``, ``groups``, ``quantize``; default all) picks
+the parts; ``--cases a,b``, ``--impls substring``, ``--regimes a,b``,
+``--curve-layers L4,L5`` and ``--curve-batches 1,8`` restrict them;
+``--budget SECONDS`` is the timing budget per shape and mode of the cases;
+``--no-memory`` skips the subprocesses; ``--report-only`` only rewrites
+the page;
 ``--results DIR`` and ``--docs DIR`` put the results and the page elsewhere
 (a trial run), ``--no-save`` writes neither; ``--merge`` adds the parts
 run to the stored results file instead of replacing it (the parts not run
@@ -51,7 +53,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks import groups, harness, models, report
+from benchmarks import groups, harness, models, quantization, report
 from benchmarks.cases import CASES, DEEPFACE_LAYERS, REGIMES
 from benchmarks.impls import IMPLS, case_arrays, floor_arrays, warm_up_backend
 
@@ -78,7 +80,7 @@ def _select(shapes, names=None):
 
 # What a run times, in this order: `cases.CASES` here, then models.py's
 # DeepFace layers, other fields' regimes and the chunk-size curve.
-PARTS = ("cases", "deepface", "regimes", "chunk-curve", "groups")
+PARTS = ("cases", "deepface", "regimes", "chunk-curve", "groups", "quantize")
 MODEL_PARTS = PARTS[1:]
 
 
@@ -344,8 +346,9 @@ def _deepface(backend, args):
 
 def time_model_parts(backend, parts, args):
     """The rates, then models.py's `parts` (DeepFace's layers and their
-    training memory, the regimes, the chunk-size curve); a JSON-ready dict
-    with the wall seconds of each part under ``part_wall_s``."""
+    training memory, the regimes, the chunk-size curve, position groups,
+    the quantized layers); a JSON-ready dict with the wall seconds of each
+    part under ``part_wall_s``."""
     if "deepface" in parts:
         record, seconds = _wall_s(_deepface, backend, args)
         record["part_wall_s"] = {"deepface": seconds}
@@ -369,6 +372,11 @@ def time_model_parts(backend, parts, args):
         print(f"[{backend}] position groups on L4", flush=True)
         record["groups"], record["part_wall_s"]["groups"] = _wall_s(
             groups.time_groups, rates
+        )
+    if "quantize" in parts:
+        print(f"[{backend}] DeepFace's layers quantized", flush=True)
+        record["quantization"], record["part_wall_s"]["quantize"] = _wall_s(
+            quantization.time_quantization, rates
         )
     print(f"    seconds per part: {record['part_wall_s']}", flush=True)
     return record
