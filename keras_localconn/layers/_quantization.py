@@ -290,10 +290,21 @@ class LocalQuantization:
     def _engine_kernel(self):
         """What `call` hands the engine: the (merged) float kernel, or the
         quantized kernel and its scales as an `EncodedKernel`."""
-        mode = self.quantization_mode
-        if mode is None:
+        if self.quantization_mode is None:
             return self.kernel
+        return self._encoded_kernel()
+
+    def _dequantized_kernel(self):
+        """The float kernel ``(P, K, F)`` (compute dtype) that the quantized
+        variables stand for: the engine's decoding, of every position."""
+        encoded = self._encoded_kernel()
+        return encoded.rows(0, encoded.shape[0])
+
+    def _encoded_kernel(self):
+        """The quantized kernel and its scales as an `EncodedKernel`."""
         from keras_localconn._local_conv import EncodedKernel
+
+        mode = self.quantization_mode
 
         compute_dtype = self.compute_dtype
         axis = self._contracted_axis
