@@ -46,19 +46,34 @@ class EncodedKernel(NamedTuple):
     only the slice a chunk needs, so that the encoded kernel is what is read
     from memory; gradients flow to the inputs only (an encoded kernel is not
     trained).
+
+    `column_scale(*slices)`, where given, is a ``(c, filters)`` factor of the
+    decoded kernel's columns that the forward pass applies to a chunk's
+    outputs instead of to its kernel: `decode` then gives the kernel before
+    it, and the forward pass multiplies ``batch * filters`` outputs a
+    position rather than ``K * filters`` kernel values (`rows` applies it).
     """
 
     parts: tuple
     decode: Callable[..., Any]
     shape: tuple
+    column_scale: Callable[..., Any] | None = None
 
     @property
     def dtype(self):
         return self.parts[0].dtype
 
+    def slices(self, start, size):
+        """The parts of positions ``start..start+size-1``."""
+        return tuple(_slice(part, start, size) for part in self.parts)
+
     def rows(self, start, size):
         """The decoded kernel of positions ``start..start+size-1``."""
-        return self.decode(*(_slice(part, start, size) for part in self.parts))
+        slices = self.slices(start, size)
+        kernel = self.decode(*slices)
+        if self.column_scale is None:
+            return kernel
+        return kernel * ops.expand_dims(self.column_scale(*slices), 1)
 
 
 def _kernel_rows(kernel, start, size):
@@ -68,12 +83,25 @@ def _kernel_rows(kernel, start, size):
     return _slice(kernel, start, size)
 
 
+def _contract_rows(patches, kernel, start, size, per_unit):
+    """`_contract` with the kernels of units ``start..start+size-1``; an
+    encoded kernel's column scale multiplies the outputs."""
+    if not isinstance(kernel, EncodedKernel) or kernel.column_scale is None:
+        return _contract(patches, _kernel_rows(kernel, start, size), per_unit)
+    slices = kernel.slices(start, size)
+    outputs = _contract(patches, kernel.decode(*slices), per_unit)
+    scale = kernel.column_scale(*slices)  # (size, F)
+    if per_unit > 1:  # outputs: (size * per_unit, B, F)
+        scale = ops.repeat(scale, per_unit, axis=0)
+    return outputs * ops.expand_dims(scale, 1)
+
+
 def _take_kernel(kernel, index):
     """The kernels of `index` (one per unit), encoded if `kernel` is."""
     count, index = len(index), ops.convert_to_tensor(index)
     if isinstance(kernel, EncodedKernel):
         parts = tuple(ops.take(part, index, axis=0) for part in kernel.parts)
-        return EncodedKernel(parts, kernel.decode, (count, *kernel.shape[1:]))
+        return kernel._replace(parts=parts, shape=(count, *kernel.shape[1:]))
     return ops.take(kernel, index, axis=0)
 
 
@@ -372,8 +400,8 @@ def _all_at_once(x_rows, kernel, geo, grouping, channels_last, formulation):
     patches = _patches(
         x_rows, rows, plan.units, plan.per_unit, geo, channels_last, layout, True
     )
-    kernel = _kernel_rows(kernel, 0, plan.units)
-    return _positions(_contract(patches, kernel, plan.per_unit), plan)
+    outputs = _contract_rows(patches, kernel, 0, plan.units, plan.per_unit)
+    return _positions(outputs, plan)
 
 
 def _positions(rows, plan):
@@ -473,8 +501,7 @@ def _chunked(x_rows, kernel, geo, grouping, channels_last, formulation):
             patches = _patches(
                 x_rows, rows, size, per_unit, geo, channels_last, layout, True
             )
-            kernel_rows = _kernel_rows(kernel, start, size)
-            return (_contract(patches, kernel_rows, per_unit),)
+            return (_contract_rows(patches, kernel, start, size, per_unit),)
 
         (outputs,) = chunks.map(step)
         # Reordered inside the custom gradient: the cotangent of a gather,
@@ -488,11 +515,9 @@ def _chunked(x_rows, kernel, geo, grouping, channels_last, formulation):
         # Its parts are arguments (None is their gradient), as Keras' own
         # quantized layers pass theirs: TensorFlow refuses variables read
         # inside, and JAX tracers closed over.
-        decode, shape = kernel.decode, kernel.shape
-
         @ops.custom_gradient
         def encoded_contraction(x_rows, *parts):
-            encoded = EncodedKernel(parts, decode, shape)
+            encoded = kernel._replace(parts=parts)
 
             def gradient(*args, upstream=None):
                 if upstream is None:

@@ -2,11 +2,13 @@
 
 Read once per process, from what the operating system publishes, never from
 a table of measured machines: the size of one core's level-2 cache
-(``/sys/devices/system/cpu/cpu0/cache`` on Linux, ``sysconf`` elsewhere), the
-cores this process may use, and whether Keras computes on an accelerator
-instead of the CPU. Both can be
-overridden with an environment variable, to check the rule on a machine that
-reports other sizes (``KERAS_LOCALCONN_CACHE_BYTES``).
+(``/sys/devices/system/cpu/cpu0/cache`` on Linux, ``sysconf`` elsewhere), its
+share of the last-level cache (the largest level reported, over the cores
+that share it), the cores this process may use, and whether Keras computes
+on an accelerator instead of the CPU. Both cache sizes can be overridden
+with an environment variable, to check the rule on a machine that reports
+other sizes (``KERAS_LOCALCONN_CACHE_BYTES``,
+``KERAS_LOCALCONN_LAST_LEVEL_CACHE_BYTES``: one core's share).
 """
 
 import functools
@@ -20,6 +22,7 @@ from keras_localconn import _keras_private
 # Intel Sapphire Rapids, 1 MiB for Neoverse V1/V2).
 FALLBACK_CACHE_BYTES = 2**20
 CACHE_ENV = "KERAS_LOCALCONN_CACHE_BYTES"
+LAST_LEVEL_ENV = "KERAS_LOCALCONN_LAST_LEVEL_CACHE_BYTES"
 _SYSFS_CACHE = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")
 
 
@@ -41,6 +44,35 @@ def _sysfs_level2_bytes(root=_SYSFS_CACHE):
         except (OSError, ValueError):
             continue
     return None
+
+
+def _cpu_count(text):
+    """CPUs in a sysfs list such as ``"0-3,8,10-11"``."""
+    count = 0
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
+def _sysfs_last_level_share(root=_SYSFS_CACHE):
+    """One core's share of cpu0's last-level data (or unified) cache in
+    bytes: its size over the CPUs that share it; None where the OS reports
+    no level above 2."""
+    best = None
+    for index in sorted(root.glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            if level <= 2 or kind not in ("Data", "Unified"):
+                continue
+            size = _parse_size((index / "size").read_text())
+            sharing = _cpu_count((index / "shared_cpu_list").read_text())
+        except (OSError, ValueError):
+            continue
+        if best is None or level > best[0]:
+            best = (level, size // max(1, sharing))
+    return None if best is None else best[1]
 
 
 def _sysconf_level2_bytes():
@@ -74,6 +106,19 @@ def cache_bytes():
     cores this process may use (the backends split a batched matmul over
     them, each core's share in its own cache)."""
     return core_cache_bytes() * usable_cores()
+
+
+@functools.cache
+def last_level_cache_bytes():
+    """The last-level cache the cores that compute may fill: one core's
+    share (`LAST_LEVEL_ENV`, else what the OS says) times the cores this
+    process may use; their level-2 caches (`cache_bytes`) where the OS
+    reports no higher level, or a smaller one."""
+    override = os.environ.get(LAST_LEVEL_ENV)
+    share = _parse_size(override) if override else _sysfs_last_level_share()
+    if share is None:
+        return cache_bytes()
+    return max(share * usable_cores(), cache_bytes())
 
 
 @functools.cache

@@ -119,7 +119,15 @@ def _largest_divisor_near(n, target):
 
 
 def chunk_positions(
-    geo, batch, itemsize, filters, cache_bytes, decoded=False, units=None, per_unit=1
+    geo,
+    batch,
+    itemsize,
+    filters,
+    cache_bytes,
+    decoded=False,
+    units=None,
+    per_unit=1,
+    last_level_bytes=None,
 ):
     """Output positions (units) per chunk, or None for all at once.
 
@@ -132,9 +140,17 @@ def chunk_positions(
 
     `decoded`: the kernel is stored encoded (`_local_conv.EncodedKernel`)
     and each chunk decodes its own rows: those count with its patches, and
-    all positions go at once only where the whole decoded kernel and the
-    patches fit the cache (decoding it whole would write, and read back, a
-    float kernel larger than the encoded one).
+    together they fill half of `last_level_bytes` (the last-level cache of
+    the cores that compute, `_machine.last_level_cache_bytes`; `cache_bytes`
+    where not given), the other half left to the encoded rows and the
+    outputs that stream through it. The decoded rows are written once and
+    read once, by the matmul that follows: what matters is that they come
+    back from a cache rather than from memory, not that it is the nearest
+    one, and fewer, larger chunks spend less time on each chunk's own ops
+    (docs/quantization.md, "Speed"). All positions go at once only where
+    the whole decoded kernel and the patches fit that half (decoding it
+    whole would write, and read back, a float kernel larger than the
+    encoded one).
 
     With position groups, `units` units of `per_unit` positions each share
     a kernel (`_groups.Plan`): a unit weighs ``per_unit`` positions'
@@ -145,9 +161,9 @@ def chunk_positions(
     kernel = units * geo.patch_size * filters * itemsize
     if decoded and cache_bytes is not None:
         per_position += geo.patch_size * filters * itemsize
-        if units * per_position <= cache_bytes:
+        budget = (last_level_bytes or cache_bytes) // 2
+        if units * per_position <= budget:
             return None
-        budget = cache_bytes
     elif cache_bytes is None:
         if units * per_position <= kernel:
             return None
@@ -202,11 +218,23 @@ def formulation(
     itemsize = np.dtype(keras.backend.standardize_dtype(dtype)).itemsize
     choices = getattr(_pinned, "choices", {})
     cache_bytes = None if _machine.on_accelerator() else _machine.cache_bytes()
+    last_level = None
+    if decoded and cache_bytes is not None:
+        last_level = _machine.last_level_cache_bytes()
     units = geo.num_positions if units is None else units
     shape = dict(units=units, per_unit=per_unit)
     chunk = choices.get(
         "chunk",
-        chunk_positions(geo, batch, itemsize, filters, cache_bytes, decoded, **shape),
+        chunk_positions(
+            geo,
+            batch,
+            itemsize,
+            filters,
+            cache_bytes,
+            decoded,
+            **shape,
+            last_level_bytes=last_level,
+        ),
     )
     many = chunk is not None and math.ceil(units / chunk) > MAX_UNROLLED
     rule = Formulation(

@@ -140,7 +140,7 @@ def _matmul_scatter(inputs, kernel, bias, geo, channels_last, scatter_add):
     y = ops.transpose(inputs, to_spatial_first)
     y = ops.reshape(y, (num_positions, kernel.shape[-1], -1))
     if hasattr(kernel, "decode"):  # an `_local_conv.EncodedKernel`: decoded
-        kernel = kernel.decode(*kernel.parts)  # whole, for the one matmul
+        kernel = kernel.rows(0, kernel.shape[0])  # whole, for the one matmul
     contributions = ops.matmul(kernel, y)  # (P, K, batch)
     if not channels_last:  # K ordered (filter, offsets...): offsets first
         contributions = ops.reshape(contributions, (num_positions, filters, taps, -1))

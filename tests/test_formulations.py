@@ -169,6 +169,24 @@ def test_the_cache_comes_from_the_machine_or_the_environment(tmp_path, monkeypat
         (folder / "size").write_text(size + "\n")
     assert _machine._sysfs_level2_bytes(tmp_path) == 2 * MIB
     assert _machine._sysfs_level2_bytes(tmp_path / "missing") is None
+    # No level above 2: the last-level cache is the level-2 one.
+    assert _machine._sysfs_last_level_share(tmp_path) is None
+    level3 = tmp_path / "index3"
+    level3.mkdir()
+    (level3 / "level").write_text("3\n")
+    (level3 / "type").write_text("Unified\n")
+    (level3 / "size").write_text("32768K\n")
+    (level3 / "shared_cpu_list").write_text("0-5,12,14-15\n")
+    assert _machine._sysfs_last_level_share(tmp_path) == 32 * MIB // 9
+    _machine.last_level_cache_bytes.cache_clear()
+    monkeypatch.setenv(_machine.LAST_LEVEL_ENV, "4M")
+    try:
+        expected = max(4 * MIB * _machine.usable_cores(), _machine.cache_bytes())
+        assert _machine.last_level_cache_bytes() == expected
+    finally:
+        monkeypatch.delenv(_machine.LAST_LEVEL_ENV)
+        _machine.last_level_cache_bytes.cache_clear()
+    assert _machine.last_level_cache_bytes() >= _machine.cache_bytes()
     _machine.core_cache_bytes.cache_clear()
     monkeypatch.setenv(_machine.CACHE_ENV, "3M")
     try:
@@ -275,30 +293,40 @@ def test_chunks_in_a_model_traced_for_any_batch_size(batch_first, by_map):
         np.testing.assert_allclose(y, expected, rtol=RTOL, atol=ATOL)
 
 
-def _encoded(kernel):
-    """`kernel` as int8 values and one scale per (position, filter)."""
-    scale = np.abs(kernel).max(axis=1, keepdims=True) / 127
-    values = np.round(kernel / scale).astype("int8")
+def _encoded(kernel, column_scale=False):
+    """`kernel` as int8 values and one scale per (position, filter), which
+    decoding applies, or the engine to the outputs (`column_scale`)."""
+    scale = np.abs(kernel).max(axis=1) / 127  # (P, F)
+    values = np.round(kernel / scale[:, None, :]).astype("int8")
+    parts = (keras.ops.convert_to_tensor(values), keras.ops.convert_to_tensor(scale))
+    if column_scale:
+        encoded = _local_conv.EncodedKernel(
+            parts,
+            lambda values, scale: keras.ops.cast(values, "float32"),
+            kernel.shape,
+            lambda values, scale: scale,
+        )
+    else:
+        encoded = _local_conv.EncodedKernel(
+            parts,
+            lambda values, scale: (
+                keras.ops.cast(values, "float32") * keras.ops.expand_dims(scale, 1)
+            ),
+            kernel.shape,
+        )
+    return encoded, values.astype("float32") * scale[:, None, :]
 
-    def decode(values, scale):
-        return keras.ops.cast(values, "float32") * scale
 
-    encoded = _local_conv.EncodedKernel(
-        (keras.ops.convert_to_tensor(values), keras.ops.convert_to_tensor(scale)),
-        decode,
-        kernel.shape,
-    )
-    return encoded, values.astype("float32") * scale
-
-
+@pytest.mark.parametrize("column_scale", [False, True], ids=["decoded", "column"])
 @pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
-def test_an_encoded_kernel_is_decoded_chunk_by_chunk(formulation):
-    """Forward against the reference on the decoded kernel; the gradient
-    reaches the inputs (an encoded kernel has none)."""
+def test_an_encoded_kernel_is_decoded_chunk_by_chunk(formulation, column_scale):
+    """Forward against the reference on the decoded kernel, its scale
+    applied to the kernel or to the outputs; the gradient reaches the inputs
+    (an encoded kernel has none)."""
     case = FORWARD_CASES[1]
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
     x, kernel, out, filters = random_forward_problem(case, "channels_last")
-    encoded, decoded = _encoded(kernel)
+    encoded, decoded = _encoded(kernel, column_scale)
     ref = dict(
         kernel_size=kernel_size,
         strides=strides,
@@ -331,6 +359,14 @@ def test_a_decoded_kernel_chunks_even_where_the_float_one_goes_at_once():
     # Batch 1: float patches weigh far under a quarter of the kernel.
     assert _schedule.chunk_positions(L4, 1, 4, 16, MIB) is None
     chunk = _schedule.chunk_positions(L4, 1, 4, 16, MIB, decoded=True)
-    assert chunk * L4.patch_size * (1 + 16) * 4 <= MIB
+    assert chunk * L4.patch_size * (1 + 16) * 4 <= MIB // 2
+    # The decoded rows fill half the last-level cache where one is given.
+    for last_level in (8 * MIB, 32 * MIB, 128 * MIB):
+        larger = _schedule.chunk_positions(
+            L4, 1, 4, 16, MIB, decoded=True, last_level_bytes=last_level
+        )
+        assert larger > chunk
+        assert larger * L4.patch_size * (1 + 16) * 4 <= last_level // 2
+        assert 2 * larger * L4.patch_size * (1 + 16) * 4 > last_level // 2 * 0.9
     small = _arguments.standardize_geometry((8, 8), 2, 3, 1, "valid", 1, "test")
     assert _schedule.chunk_positions(small, 1, 4, 4, MIB, decoded=True) is None

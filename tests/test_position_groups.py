@@ -247,27 +247,33 @@ def test_every_formulation_of_a_grouped_call_has_the_reference_gradients(
     )
 
 
+@pytest.mark.parametrize("column_scale", [False, True], ids=["decoded", "column"])
 @pytest.mark.parametrize("formulation", FORMULATIONS[2:4], ids=formulation_id)
-def test_an_encoded_grouped_kernel_is_decoded_unit_by_unit(formulation):
-    """An encoded kernel (int8 values and a scale per group and filter) is
-    taken per unit in its encoded form and decoded chunk by chunk."""
+def test_an_encoded_grouped_kernel_is_decoded_unit_by_unit(formulation, column_scale):
+    """An encoded kernel (int8 values and a scale per group and filter,
+    applied to the kernel or to the outputs) is taken per unit in its
+    encoded form and decoded chunk by chunk."""
     case = FORWARD_CASES[21]
     x, kernel, _, position_groups, groups, out = _problem(
         case, "mirror", "channels_last"
     )
-    scale = np.abs(kernel).max(axis=1, keepdims=True) / 127
-    values = np.round(kernel / scale).astype("int8")
+    scale = np.abs(kernel).max(axis=1) / 127  # (T, F)
+    values = np.round(kernel / scale[:, None, :]).astype("int8")
 
     def decode(values, scale):
-        return keras.ops.cast(values, "float32") * scale
+        values = keras.ops.cast(values, "float32")
+        if column_scale:
+            return values
+        return values * keras.ops.expand_dims(scale, 1)
 
     encoded = _local_conv.EncodedKernel(
         (keras.ops.convert_to_tensor(values), keras.ops.convert_to_tensor(scale)),
         decode,
         kernel.shape,
+        (lambda values, scale: scale) if column_scale else None,
     )
     y = _run(x, encoded, case, "channels_last", position_groups, None, formulation)
-    decoded = values.astype("float32") * scale
+    decoded = values.astype("float32") * scale[:, None, :]
     expected = _reference(x, decoded, None, groups, out, case, "channels_last")
     np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
 

@@ -88,6 +88,27 @@ def _quantize_grouped(kernel, block_size, axis):
     return restored(values), restored(scale), restored(zero)
 
 
+def unpack_int4(packed, length, axis):
+    """`keras.quantizers.unpack_int4(packed, length, axis=axis)` of a signed
+    int8 tensor, without its two transposes of the whole tensor (which it
+    makes for any axis but 0 of a matrix): the high nibble is an arithmetic
+    shift, the low one masked and sign-extended, and the two interleaved
+    along `axis` by one stack."""
+    # Typed constants: a Python int would promote int8 to int32 on some
+    # backends.
+    four, eight, mask = (ops.cast(n, packed.dtype) for n in (4, 8, 15))
+    high = ops.right_shift(packed, four)  # signed: [-8, 7]
+    low = ops.bitwise_and(packed, mask)  # [0, 15]
+    low = ops.subtract(ops.bitwise_xor(low, eight), eight)
+    values = ops.stack([low, high], axis=axis + 1)
+    shape = list(ops.shape(packed))
+    shape[axis : axis + 1] = [2 * shape[axis]]
+    values = ops.reshape(values, shape)
+    if shape[axis] == length:
+        return values
+    return ops.take(values, np.arange(length), axis=axis)
+
+
 class LocalQuantization:
     """`quantize`, `quantized_build`, `_int8_call`, `_int4_call` and their
     serialization.
@@ -305,7 +326,6 @@ class LocalQuantization:
         from keras_localconn._local_conv import EncodedKernel
 
         mode = self.quantization_mode
-
         compute_dtype = self.compute_dtype
         axis = self._contracted_axis
 
@@ -315,22 +335,34 @@ class LocalQuantization:
                 ops.expand_dims(ops.cast(scale, compute_dtype), axis),
             )
 
+        def encoded(parts, values_of, shape):
+            """One scale per (position, output row): a forward kernel's
+            scales are its columns', applied to the outputs by the engine
+            (`EncodedKernel.column_scale`); a transposed one's divide the
+            decoded values."""
+            if axis != 1:
+                return EncodedKernel(
+                    parts, lambda v, s: per_line(values_of(v), s), shape
+                )
+            return EncodedKernel(
+                parts,
+                lambda v, s: ops.cast(values_of(v), compute_dtype),
+                shape,
+                lambda v, s: ops.divide(1.0, ops.cast(s, compute_dtype)),
+            )
+
         if mode == "int8":
             parts = (self._kernel, self.kernel_scale)
-            return EncodedKernel(parts, per_line, tuple(self._kernel.shape))
+            return encoded(parts, lambda values: values, tuple(self._kernel.shape))
 
         shape = self._int4_kernel_shape
         output_axis = self._output_axis
 
         def unpack(packed):
-            return quantizers.unpack_int4(packed, shape[output_axis], axis=output_axis)
+            return unpack_int4(packed, shape[output_axis], output_axis)
 
         if self._int4_block_size is None:
-
-            def decode(packed, scale):
-                return per_line(unpack(packed), scale)
-
-            return EncodedKernel((self._kernel, self.kernel_scale), decode, shape)
+            return encoded((self._kernel, self.kernel_scale), unpack, shape)
         # The block of each row of the contracted axis (Dense's `g_idx`).
         groups = np.arange(shape[axis], dtype="int32") // self._int4_block_size
 
