@@ -5,7 +5,8 @@ integration/keras3_models.py save DIR [NAME...]` or `... load FILE.keras
 FILE.npz`): the cross-backend tests start it in subprocesses, and
 `nox -s keras3_fixtures` uses it to write the committed `.keras` files saved
 under each backend, ``<NAME>_<backend>.keras`` for each model of `MODELS`
-(all of them unless NAMEs are given).
+(all of them unless NAMEs are given). The ``quantized`` model is one of them
+where Keras can quantize these layers (Keras >= 3.13).
 """
 
 import os
@@ -23,6 +24,7 @@ from keras_localconn import (
     LocallyConnected3D,
     LocallyConnected3DTranspose,
 )
+from keras_localconn.layers._quantization import HAS_QUANTIZATION_CONFIGS
 
 INPUT_SHAPE = (9, 8, 2)
 
@@ -71,10 +73,36 @@ def build_transpose_model():
     return keras.Model(inputs, outputs)
 
 
+def build_quantized_model():
+    """`build_model` with its four layers quantized, each in another mode:
+    int8 (the inputs too, one scale per sample), weight-only int8, int4 in
+    Keras' default blocks of 128 rows of K (one block here, with a zero
+    point), int4 with one scale per (position, filter)."""
+    model = build_model()
+    local = (LocallyConnected1D, LocallyConnected2D, LocallyConnected3D)
+    layers = [layer for layer in model.layers if isinstance(layer, local)]
+    quantize_arguments = [
+        dict(mode="int8"),
+        dict(
+            config=keras.quantizers.Int8QuantizationConfig(
+                weight_quantizer=None, activation_quantizer=None
+            )
+        ),
+        dict(mode="int4"),
+        dict(config=keras.quantizers.Int4QuantizationConfig(block_size=-1)),
+    ]
+    assert len(layers) == len(quantize_arguments), layers
+    for layer, arguments in zip(layers, quantize_arguments):
+        layer.quantize(**arguments)
+    return model
+
+
 MODELS = {
     "model": (build_model, INPUT_SHAPE),
     "transpose": (build_transpose_model, TRANSPOSE_INPUT_SHAPE),
 }
+if HAS_QUANTIZATION_CONFIGS:  # Keras >= 3.13 quantizes these layers
+    MODELS["quantized"] = (build_quantized_model, INPUT_SHAPE)
 
 
 def save(directory, *names):

@@ -1,8 +1,8 @@
 """What several test modules share: random data, the layer tables,
 `run_layer_test`'s arguments, the case grids of the forward op with their ids
 and random problem, the formulations' ids, trained-looking convolutions with
-the padding both kinds of layer share, the gradient check and jax's local
-convolution as an oracle.
+the padding both kinds of layer share, a quantized layer's kernel and inputs
+in NumPy, the gradient check and jax's local convolution as an oracle.
 
 Test modules import from here (and from the reference modules); none imports
 from another test module.
@@ -236,6 +236,51 @@ def random_forward_problem(case, data_format, seed=0):
         size=(math.prod(out), math.prod(kernel_size) * channels, filters)
     )
     return x.astype("float32"), kernel.astype("float32"), out, filters
+
+
+# --------------------------------------------------------------------------
+# Quantized layers, as Keras' conventions define their variables
+# --------------------------------------------------------------------------
+
+
+def unpacked_int4(packed, filters):
+    """Two signed nibbles a byte, the low one first, along the last axis."""
+    packed = packed.astype("uint8")
+    nibbles = np.stack([packed & 15, packed >> 4], axis=-1).astype("int16")
+    values = (nibbles ^ 8) - 8
+    return values.reshape(*packed.shape[:-1], -1)[..., :filters]
+
+
+def dequantized_kernel(layer, transposed=False):
+    """The float kernel the layer's variables stand for (Keras' conventions:
+    ``int / scale``; with int4 blocks, ``(int - zero) * scale``). A forward
+    kernel (P, K, F) has its scales over K, packs along F; a transposed one
+    (P, K, C) has them over C, packs along K."""
+    values = to_numpy(layer._kernel.value)
+    scale = to_numpy(layer.kernel_scale.value).astype("float64")
+    if transposed:  # as a forward kernel: (P, C, K)
+        values = values.transpose(0, 2, 1)
+        scale = scale if scale.ndim == 2 else scale.transpose(0, 2, 1)
+    if layer.quantization_mode == "int4":
+        length = layer._int4_kernel_shape[1 if transposed else 2]
+        values = unpacked_int4(values, length)
+    values = values.astype("float64")
+    if scale.ndim == 2:
+        kernel = values / scale[:, None, :]
+    else:
+        groups = np.arange(values.shape[1]) // layer._int4_block_size
+        zero = to_numpy(layer.kernel_zero.value).astype("float64")
+        if transposed:
+            zero = zero.transpose(0, 2, 1)
+        kernel = (values - zero[:, groups]) * scale[:, groups]
+    return kernel.transpose(0, 2, 1) if transposed else kernel
+
+
+def quantized_inputs(x):
+    """`x` quantized to int8 with an abs-max scale per sample, dequantized."""
+    axes = tuple(range(1, x.ndim))
+    scale = 127 / (np.abs(x).max(axis=axes, keepdims=True) + keras.backend.epsilon())
+    return np.clip(np.round(x * scale), -127, 127) / scale
 
 
 # --------------------------------------------------------------------------

@@ -22,7 +22,10 @@ from tests.helpers import (
     LOCALLY_CONNECTED,
     LOCALLY_CONNECTED_TRANSPOSE,
     batch_shape,
+    dequantized_kernel,
+    quantized_inputs,
     random_array,
+    unpacked_int4,
 )
 from tests.reference import reference_local_conv
 from tests.reference_transpose import reference_local_conv_transpose
@@ -101,46 +104,6 @@ def _reference(case, x, kernel, bias=None):
     )
 
 
-def _unpacked_int4(packed, filters):
-    """Two signed nibbles a byte, the low one first, along the last axis."""
-    packed = packed.astype("uint8")
-    nibbles = np.stack([packed & 15, packed >> 4], axis=-1).astype("int16")
-    values = (nibbles ^ 8) - 8
-    return values.reshape(*packed.shape[:-1], -1)[..., :filters]
-
-
-def _dequantized_kernel(layer, transposed=False):
-    """The float kernel the layer's variables stand for (Keras' conventions:
-    ``int / scale``; with int4 blocks, ``(int - zero) * scale``). A forward
-    kernel (P, K, F) has its scales over K, packs along F; a transposed one
-    (P, K, C) has them over C, packs along K."""
-    values = to_numpy(layer._kernel.value)
-    scale = to_numpy(layer.kernel_scale.value).astype("float64")
-    if transposed:  # as a forward kernel: (P, C, K)
-        values = values.transpose(0, 2, 1)
-        scale = scale if scale.ndim == 2 else scale.transpose(0, 2, 1)
-    if layer.quantization_mode == "int4":
-        length = layer._int4_kernel_shape[1 if transposed else 2]
-        values = _unpacked_int4(values, length)
-    values = values.astype("float64")
-    if scale.ndim == 2:
-        kernel = values / scale[:, None, :]
-    else:
-        groups = np.arange(values.shape[1]) // layer._int4_block_size
-        zero = to_numpy(layer.kernel_zero.value).astype("float64")
-        if transposed:
-            zero = zero.transpose(0, 2, 1)
-        kernel = (values - zero[:, groups]) * scale[:, groups]
-    return kernel.transpose(0, 2, 1) if transposed else kernel
-
-
-def _quantized_inputs(x):
-    """`x` quantized to int8 with an abs-max scale per sample, dequantized."""
-    axes = tuple(range(1, x.ndim))
-    scale = 127 / (np.abs(x).max(axis=axes, keepdims=True) + keras.backend.epsilon())
-    return np.clip(np.round(x * scale), -127, 127) / scale
-
-
 def _relative_error(actual, expected):
     return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
 
@@ -163,11 +126,11 @@ def test_a_quantized_layer_computes_with_its_dequantized_kernel(case, mode):
         np.abs(to_numpy(layer._kernel.value)).max(axis=1),
         np.full((len(float_kernel), 5), 127),
     )
-    dequantized = _dequantized_kernel(layer)
+    dequantized = dequantized_kernel(layer)
     assert np.abs(dequantized - float_kernel).max() <= np.abs(float_kernel).max() / 254
 
     outputs = to_numpy(layer(x))
-    inputs = x if mode == WEIGHT_ONLY else _quantized_inputs(x)
+    inputs = x if mode == WEIGHT_ONLY else quantized_inputs(x)
     expected = _reference(case, inputs, dequantized, bias)
     np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
     assert _relative_error(outputs, float_outputs) < BOUNDS[mode]
@@ -206,9 +169,9 @@ def test_an_int4_layer_computes_with_its_dequantized_kernel(case, mode):
         assert tuple(layer.kernel_scale.shape) == (positions, blocks, 5)
         assert tuple(layer.kernel_zero.shape) == (positions, blocks, 5)
     np.testing.assert_array_equal(
-        to_numpy(layer.kernel), _unpacked_int4(to_numpy(layer._kernel.value), 5)
+        to_numpy(layer.kernel), unpacked_int4(to_numpy(layer._kernel.value), 5)
     )
-    dequantized = _dequantized_kernel(layer)
+    dequantized = dequantized_kernel(layer)
     outputs = to_numpy(layer(x))
     expected = _reference(case, x, dequantized, to_numpy(layer.bias.value))
     np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
@@ -244,8 +207,8 @@ def test_a_quantized_transposed_layer_computes_with_its_dequantized_kernel(case,
         assert tuple(layer.kernel_scale.shape) == (positions, rows, 1)
     else:
         assert tuple(layer.kernel_scale.shape) == (positions, rows)
-    dequantized = _dequantized_kernel(layer, transposed=True)
-    inputs = _quantized_inputs(x) if mode == "int8" else x
+    dequantized = dequantized_kernel(layer, transposed=True)
+    inputs = quantized_inputs(x) if mode == "int8" else x
     ones = (1,) * rank
     expected = reference_local_conv_transpose(
         inputs,
@@ -310,7 +273,7 @@ def test_the_gradient_reaches_the_inputs_through_the_dequantized_kernel(mode, ch
     else:
         layer, x = _layer(case)
         layer.quantize(**_config(mode))
-    dequantized = _dequantized_kernel(layer)
+    dequantized = dequantized_kernel(layer)
     outputs = to_numpy(layer(x))
     cotangent = random_array(outputs.shape, 7)
 

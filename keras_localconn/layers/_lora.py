@@ -6,7 +6,10 @@ the kernel and adds two trainable float32 factors, the second initialized to
 zeros so that the output is unchanged at first; `kernel` returns the kernel
 merged with ``(lora_alpha / rank) * delta``; saving stores the merged kernel;
 `lora_rank` and `lora_alpha` are constructor arguments and part of the
-config (a loaded layer enables LoRA again, with zero factors).
+config (a loaded layer enables LoRA again, with zero factors). A quantized
+layer takes LoRA too, and a LoRA-enabled one can be quantized, as Dense
+allows (see `_quantization`: the call merges a float kernel, saving stores
+the merged kernel requantized).
 
 The factorization of a per-position kernel ``(P, K, filters)``:
 
@@ -94,15 +97,11 @@ class LocalLoRA:
                 f"{owner}: lora is already enabled. This can only be done once "
                 "per layer."
             )
-        if self.quantization_mode is not None:
-            raise NotImplementedError(
-                f"{owner}: lora is not supported on a quantized layer "
-                f"(quantization_mode={self.quantization_mode!r}). Enable lora "
-                "before quantizing, save and load the model to merge it, then "
-                "quantize."
-            )
         rank = _arguments.standardize_positive_int(rank, "rank", owner)
-        positions, patch_size, filters = self._kernel.shape
+        shape = self._kernel.shape
+        if self.quantization_mode == "int4":  # stored packed: the logical shape
+            shape = self._int4_kernel_shape
+        positions, patch_size, filters = shape
         with _keras_private.unlocked_tracker(self):
             # float32 factors, as Keras': no underflow or overflow while they
             # train; the merged kernel takes the compute dtype.

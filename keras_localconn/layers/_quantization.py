@@ -27,6 +27,20 @@ The engine takes the quantized kernel as an `EncodedKernel` and decodes one
 chunk of positions at a time, so that the kernel is read in int8; gradients
 reach the inputs only.
 
+LoRA on a quantized layer (QLoRA), as Dense has it, in either order:
+`enable_lora` on a quantized layer adds the float32 factors of the logical
+kernel ``(P, K, F)`` (an int4 one is stored packed); `quantize` on a
+LoRA-enabled layer quantizes the base kernel only and keeps the factors. The
+quantized variables are not trained. The call computes with a float kernel,
+``dequantized kernel + (lora_alpha / rank) * delta``, merged anew at each
+call (`_engine_kernel`), so that the engine's gradient with respect to its
+kernel reaches the factors: a limitation, since the call (training or not)
+materializes a float kernel of the layer's full size transiently, where a
+quantized layer alone reads its kernel in int8; int8 inputs are still
+quantized. Saving stores, as Dense's `_get_kernel_with_merged_lora`, the
+merged kernel quantized again in the layer's mode and block size; loading
+assigns it and zeros the factors.
+
 Inputs: Keras' default `Int8QuantizationConfig` quantizes Dense's inputs with
 an abs-max scale per row (over the contracted axis). The rows contracted
 here are patches, which only the engine builds; a scale per patch would have
@@ -115,7 +129,8 @@ class LocalQuantization:
 
     The layer provides `_kernel` (its stored kernel), `_owner`, `bias`,
     `call` (which computes with `_engine_kernel()`), and, from
-    `LocalLoRA`, `lora_enabled` and `kernel` (merged with LoRA).
+    `LocalLoRA`, `lora_enabled`, `_lora_delta()` and `kernel` (merged with
+    LoRA).
     """
 
     # The modes a layer family implements, and the axes of its kernel: the
@@ -162,31 +177,14 @@ class LocalQuantization:
             raise self._not_implemented_error(self.quantize)
         if mode not in self._quantization_modes:
             raise self._unsupported_mode_error(mode)
-        if getattr(self, "lora_enabled", False):
-            raise NotImplementedError(
-                f"{self._owner}: a layer with LoRA enabled cannot be quantized. "
-                f"Save and load the model (which merges the LoRA factors into "
-                f"the kernel, and keeps `lora_rank`), or quantize before "
-                f"`enable_lora`."
-            )
+        # With LoRA enabled, as Dense: the base kernel only is quantized; the
+        # factors stay float and trainable (see the module).
         self.quantization_config = config
         kernel_shape = tuple(self._kernel.shape)
-        kernel = ops.convert_to_tensor(self._kernel)
-        zero = None
-        if mode == "int8":
-            values, scale = self._quantize_kernel(
-                kernel, config, quantizers.AbsMaxQuantizer()
-            )
-        else:  # int4, packed two values a byte along the output axis
-            block_size = self._int4_block_size_of(config)
-            if block_size is None:
-                default = quantizers.AbsMaxQuantizer(value_range=(-8, 7))
-                values, scale = self._quantize_kernel(kernel, config, default)
-            else:
-                values, scale, zero = _quantize_grouped(
-                    kernel, block_size, self._contracted_axis
-                )
-            values, _, _ = quantizers.pack_int4(values, axis=self._output_axis)
+        block_size = self._int4_block_size_of(config) if mode == "int4" else None
+        values, scale, zero = self._quantized_values(
+            ops.convert_to_tensor(self._kernel), mode, config, block_size
+        )
         del self._kernel
         self.quantized_build(kernel_shape, mode, config)
         self._kernel.assign(values)
@@ -201,6 +199,27 @@ class LocalQuantization:
             self.dtype_policy = dtype_policies.get(
                 f"{policy_mode}_from_{self.dtype_policy.name}"
             )
+
+    def _quantized_values(self, kernel, mode, config=None, block_size=None):
+        """``(values, scale, zero)`` of a float kernel ``(P, K, F)``: what
+        `mode`'s variables hold (int4: packed; `zero` None but with int4
+        blocks). `quantize` and the saving of a quantized LoRA layer (its
+        merged kernel requantized) share it."""
+        zero = None
+        if mode == "int8":
+            values, scale = self._quantize_kernel(
+                kernel, config, quantizers.AbsMaxQuantizer()
+            )
+        else:  # int4, packed two values a byte along the output axis
+            if block_size is None:
+                default = quantizers.AbsMaxQuantizer(value_range=(-8, 7))
+                values, scale = self._quantize_kernel(kernel, config, default)
+            else:
+                values, scale, zero = _quantize_grouped(
+                    kernel, block_size, self._contracted_axis
+                )
+            values, _, _ = quantizers.pack_int4(values, axis=self._output_axis)
+        return values, scale, zero
 
     def _int4_block_size_of(self, config):
         """The int4 block size (along K) of `config`, else of the dtype
@@ -311,6 +330,10 @@ class LocalQuantization:
     def _engine_kernel(self):
         """What `call` hands the engine: the (merged) float kernel, or the
         quantized kernel and its scales as an `EncodedKernel`."""
+        if self.quantization_mode is not None and getattr(self, "lora_enabled", False):
+            # QLoRA: a float kernel per call, for the gradient (see the module).
+            delta = ops.cast(self._lora_delta(), self.compute_dtype)
+            return ops.add(self._dequantized_kernel(), delta)
         if self.quantization_mode is None:
             return self.kernel
         return self._encoded_kernel()
@@ -423,11 +446,33 @@ class LocalQuantization:
             and not (name == "kernel_zero" and not hasattr(self, "kernel_zero"))
         ]
 
+    def _merged_and_requantized(self):
+        """A quantized LoRA layer's saved ``{name: value}`` of its kernel
+        variables, as Dense's `_get_kernel_with_merged_lora`: the dequantized
+        kernel plus the LoRA delta, quantized again in the layer's mode
+        (int4: and block size)."""
+        merged = ops.add(
+            ops.cast(self._dequantized_kernel(), "float32"), self._lora_delta()
+        )
+        mode = self.quantization_mode
+        block_size = self._int4_block_size if mode == "int4" else None
+        values, scale, zero = self._quantized_values(
+            merged, mode, self.quantization_config, block_size
+        )
+        saved = {"kernel": values, "kernel_scale": scale}
+        if zero is not None:
+            saved["kernel_zero"] = zero
+        return saved
+
     def save_own_variables(self, store):
         if not self.built:
             return
+        merged = {}
+        if self.quantization_mode is not None and getattr(self, "lora_enabled", False):
+            merged = self._merged_and_requantized()
         for index, name in enumerate(self._saved_names()):
-            store[str(index)] = self._saved_variable(name)
+            value = merged[name] if name in merged else self._saved_variable(name)
+            store[str(index)] = value
 
     def load_own_variables(self, store):
         lora_enabled = getattr(self, "lora_enabled", False)
