@@ -16,7 +16,6 @@ import pytest
 from keras_localconn import LocallyConnected2D, _local_conv
 from keras_localconn._schedule import Formulation
 from keras_localconn.layers._base import LocalBase
-from keras_localconn.layers._quantization import unpack_int4
 from tests.autodiff import gradients, to_numpy
 from tests.helpers import (
     LOCALLY_CONNECTED,
@@ -134,19 +133,6 @@ def test_a_quantized_layer_computes_with_its_dequantized_kernel(case, mode):
     expected = _reference(case, inputs, dequantized, bias)
     np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
     assert _relative_error(outputs, float_outputs) < BOUNDS[mode]
-
-
-@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 4, 6), (1, 1, 1)])
-@pytest.mark.parametrize("axis", [1, 2])
-def test_the_engine_unpacks_int4_as_keras_does(axis, shape):
-    values = np.random.default_rng(1).integers(-8, 8, size=shape).astype("int8")
-    values.flat[:2] = (-8, 7)[: values.size]
-    packed, _, _ = keras.quantizers.pack_int4(values, axis=axis)
-    unpacked = unpack_int4(keras.ops.convert_to_tensor(packed), shape[axis], axis)
-    expected = keras.quantizers.unpack_int4(packed, shape[axis], axis=axis)
-    assert keras.backend.standardize_dtype(unpacked.dtype) == "int8"
-    np.testing.assert_array_equal(to_numpy(unpacked), to_numpy(expected))
-    np.testing.assert_array_equal(to_numpy(unpacked), values)
 
 
 @pytest.mark.parametrize("mode", ["int4", INT4_BLOCK, INT4_PER_CHANNEL])

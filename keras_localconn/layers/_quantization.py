@@ -102,27 +102,6 @@ def _quantize_grouped(kernel, block_size, axis):
     return restored(values), restored(scale), restored(zero)
 
 
-def unpack_int4(packed, length, axis):
-    """`keras.quantizers.unpack_int4(packed, length, axis=axis)` of a signed
-    int8 tensor, without its two transposes of the whole tensor (which it
-    makes for any axis but 0 of a matrix): the high nibble is an arithmetic
-    shift, the low one masked and sign-extended, and the two interleaved
-    along `axis` by one stack."""
-    # Typed constants: a Python int would promote int8 to int32 on some
-    # backends.
-    four, eight, mask = (ops.cast(n, packed.dtype) for n in (4, 8, 15))
-    high = ops.right_shift(packed, four)  # signed: [-8, 7]
-    low = ops.bitwise_and(packed, mask)  # [0, 15]
-    low = ops.subtract(ops.bitwise_xor(low, eight), eight)
-    values = ops.stack([low, high], axis=axis + 1)
-    shape = list(ops.shape(packed))
-    shape[axis : axis + 1] = [2 * shape[axis]]
-    values = ops.reshape(values, shape)
-    if shape[axis] == length:
-        return values
-    return ops.take(values, np.arange(length), axis=axis)
-
-
 class LocalQuantization:
     """`quantize`, `quantized_build`, `_int8_call`, `_int4_call` and their
     serialization.
@@ -382,7 +361,7 @@ class LocalQuantization:
         output_axis = self._output_axis
 
         def unpack(packed):
-            return unpack_int4(packed, shape[output_axis], output_axis)
+            return quantizers.unpack_int4(packed, shape[output_axis], axis=output_axis)
 
         if self._int4_block_size is None:
             return encoded((self._kernel, self.kernel_scale), unpack, shape)
