@@ -14,7 +14,8 @@ machine's timings:
   from cache, not from memory. Where all the patches fit, or weigh less
   than a quarter of the kernel, all positions go at once. On an
   accelerator no CPU cache applies; the one bound left is the memory bound
-  below.
+  below. A quantized kernel's chunks decode their own rows, which with the
+  patches fill half the last-level cache instead (`chunk_positions`).
 - **memory**: no more patches (or input-gradient contributions) exist at once
   than the kernel holds, nor less than one cache's worth.
 - **row layout** and **loop**: what each backend's gather and loop do fast
