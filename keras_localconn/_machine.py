@@ -33,16 +33,27 @@ def _parse_size(text):
     return int(text.rstrip("KMG")) * scale
 
 
-def _sysfs_level2_bytes(root=_SYSFS_CACHE):
-    """The data (or unified) level-2 cache of cpu0 in bytes, or None."""
+def _sysfs_data_caches(root):
+    """``(level, folder)`` of each of cpu0's data (or unified) caches that
+    sysfs describes under `root`."""
     for index in sorted(root.glob("index*")):
         try:
-            level = (index / "level").read_text().strip()
+            level = int((index / "level").read_text())
             kind = (index / "type").read_text().strip()
-            if level == "2" and kind in ("Data", "Unified"):
-                return _parse_size((index / "size").read_text())
         except (OSError, ValueError):
             continue
+        if kind in ("Data", "Unified"):
+            yield level, index
+
+
+def _sysfs_level2_bytes(root=_SYSFS_CACHE):
+    """The data (or unified) level-2 cache of cpu0 in bytes, or None."""
+    for level, index in _sysfs_data_caches(root):
+        if level == 2:
+            try:
+                return _parse_size((index / "size").read_text())
+            except (OSError, ValueError):
+                continue
     return None
 
 
@@ -59,20 +70,17 @@ def _sysfs_last_level_share(root=_SYSFS_CACHE):
     """One core's share of cpu0's last-level data (or unified) cache in
     bytes: its size over the CPUs that share it; None where the OS reports
     no level above 2."""
-    best = None
-    for index in sorted(root.glob("index*")):
+    shares = {}
+    for level, index in _sysfs_data_caches(root):
+        if level <= 2:
+            continue
         try:
-            level = int((index / "level").read_text())
-            kind = (index / "type").read_text().strip()
-            if level <= 2 or kind not in ("Data", "Unified"):
-                continue
             size = _parse_size((index / "size").read_text())
             sharing = _cpu_count((index / "shared_cpu_list").read_text())
         except (OSError, ValueError):
             continue
-        if best is None or level > best[0]:
-            best = (level, size // max(1, sharing))
-    return None if best is None else best[1]
+        shares[level] = size // max(1, sharing)
+    return shares[max(shares)] if shares else None
 
 
 def _sysconf_level2_bytes():

@@ -309,13 +309,19 @@ class LocalQuantization:
     def _engine_kernel(self):
         """What `call` hands the engine: the (merged) float kernel, or the
         quantized kernel and its scales as an `EncodedKernel`."""
-        if self.quantization_mode is not None and getattr(self, "lora_enabled", False):
+        if self._quantized_with_lora():
             # QLoRA: a float kernel per call, for the gradient (see the module).
             delta = ops.cast(self._lora_delta(), self.compute_dtype)
             return ops.add(self._dequantized_kernel(), delta)
         if self.quantization_mode is None:
             return self.kernel
         return self._encoded_kernel()
+
+    def _quantized_with_lora(self):
+        """Whether the layer is quantized and has LoRA enabled (QLoRA)."""
+        return self.quantization_mode is not None and getattr(
+            self, "lora_enabled", False
+        )
 
     def _dequantized_kernel(self):
         """The float kernel ``(P, K, F)`` (compute dtype) that the quantized
@@ -447,7 +453,7 @@ class LocalQuantization:
         if not self.built:
             return
         merged = {}
-        if self.quantization_mode is not None and getattr(self, "lora_enabled", False):
+        if self._quantized_with_lora():
             merged = self._merged_and_requantized()
         for index, name in enumerate(self._saved_names()):
             value = merged[name] if name in merged else self._saved_variable(name)
