@@ -132,15 +132,21 @@ def test_training_changes_only_the_lora_factors_and_the_bias():
     layer = model.get_layer("local")
     layer.enable_lora(3)
     kernel, a = _value(layer._kernel), _value(layer.lora_kernel_a)
-    x = random_array((8, 6, 5, 3))
-    y = random_array((8, 6 * 5 * 4), 1)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    before = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    before, after = _fit(model, learning_rate=0.1, epochs=3)
     np.testing.assert_array_equal(_value(layer._kernel), kernel)
     assert np.abs(_value(layer.lora_kernel_b)).max() > 0
     assert np.abs(_value(layer.lora_kernel_a) - a).max() > 0
-    assert model.evaluate(x, y, verbose=0) < before
+    assert after < before
+
+
+def _fit(model, learning_rate, epochs):
+    """The loss of `model` on random data before and after `epochs` of SGD."""
+    x = random_array((8, 6, 5, 3))
+    y = random_array((8, 6 * 5 * 4), 1)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=epochs, batch_size=8, verbose=0)
+    return before, model.evaluate(x, y, verbose=0)
 
 
 def test_saving_stores_the_merged_kernel(tmp_path):
@@ -463,18 +469,14 @@ def test_training_a_quantized_lora_layer_changes_only_the_factors_and_the_bias(m
     model, layer = _qlora_model(mode, "quantize-first")
     frozen = {w.name: _value(w) for w in layer.non_trainable_weights}
     bias, a = _value(layer.bias), _value(layer.lora_kernel_a)
-    x = random_array((8, 6, 5, 3))
-    y = random_array((8, 6 * 5 * 4), 1)
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    before = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    before, after = _fit(model, learning_rate=0.05, epochs=2)
     for w in layer.non_trainable_weights:
         np.testing.assert_array_equal(_value(w), frozen[w.name])
     assert keras.backend.standardize_dtype(layer._kernel.dtype) == "int8"
     assert np.abs(_value(layer.lora_kernel_b)).max() > 0
     assert np.abs(_value(layer.lora_kernel_a) - a).max() > 0
     assert np.abs(_value(layer.bias) - bias).max() > 0
-    assert model.evaluate(x, y, verbose=0) < before
+    assert after < before
 
 
 def _saved_arrays(path):
