@@ -6,7 +6,9 @@ Keras' own `model.load_weights`. Here tf-keras builds it at its real sizes
 (L4's kernel alone is 239 MB) with random weights and writes the weights file,
 the full model and the F7 embeddings of a few faces; the same code then
 builds it in Keras 3 with `keras_localconn.LocallyConnected2D`, and each way of
-loading must give the embeddings tf-keras computed.
+loading must give the embeddings tf-keras computed. Last, the Keras 3 model
+quantized with `model.quantize("int8")` must keep its embeddings' direction
+and a quarter of its file size.
 
 tf-keras writes the files in a subprocess, which also keeps its 550 MB model
 out of this process. `tests-tensorflow` runs this module under tensorflow and
@@ -118,3 +120,36 @@ def test_legacy_load_model_loads_the_full_model(keras2_files, keras2_embeddings)
     gc.collect()
 
     assert relative_error(f7, expected) < TOLERANCE
+
+
+@pytest.mark.needs_keras("3.13.0")
+def test_model_quantize_int8_keeps_the_embeddings_and_quarters_the_file(tmp_path):
+    """`model.quantize("int8")` on DeepFace (random He-scaled weights): L4-L6
+    and the Dense layers become int8, the F7 embeddings keep their direction
+    and the `.keras` file shrinks to about a quarter."""
+    base_model = deepface.build(keras, LocallyConnected2D)
+    deepface.randomize(base_model)
+    inputs = np.random.default_rng(1).uniform(size=(4, *deepface.INPUT_SHAPE))
+    inputs = inputs.astype("float32")
+    embeddings = deepface.embedding_model(keras, base_model)
+    float_f7 = embeddings.predict(inputs, verbose=0)
+    float_path = tmp_path / "float.keras"
+    base_model.save(float_path)
+
+    base_model.quantize("int8")  # Keras quantizes no Conv2D: C1, C3 stay float
+    assert {
+        layer.name: layer.quantization_mode
+        for layer in base_model.layers
+        if layer.name in ("C1", "L4", "L5", "L6", "F7", "F8")
+    } == {"C1": None, **dict.fromkeys(("L4", "L5", "L6", "F7", "F8"), "int8")}
+    int8_f7 = embeddings.predict(inputs, verbose=0)
+    int8_path = tmp_path / "int8.keras"
+    base_model.save(int8_path)
+    del base_model, embeddings
+    gc.collect()
+
+    cosine = np.sum(int8_f7 * float_f7, axis=1) / (
+        np.linalg.norm(int8_f7, axis=1) * np.linalg.norm(float_f7, axis=1)
+    )
+    assert np.all(cosine >= 0.99), cosine
+    assert int8_path.stat().st_size <= 0.3 * float_path.stat().st_size
