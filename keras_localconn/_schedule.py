@@ -110,13 +110,17 @@ def pinned(**choices):
 
 
 def _largest_divisor_near(n, target):
-    """The largest divisor of `n` in ``[target / 2, target]``, else `target`:
-    equal chunks, where one exists close to the target, need no last chunk
-    that overlaps the one before."""
+    """The largest divisor of `n` in ``[target / 2, target]``: equal chunks,
+    where one exists close to the target, need no last chunk that overlaps
+    the one before. Else the smallest chunk that covers `n` in as few chunks
+    as `target` does, so that the last chunk overlaps the one before by
+    fewer units than there are chunks (`target` itself could make it
+    recompute almost a whole chunk: 441 units in chunks of 436 overlap by
+    431)."""
     for chunk in range(target, -(-target // 2) - 1, -1):
         if n % chunk == 0:
             return chunk
-    return target
+    return -(-n // -(-n // target))
 
 
 def chunk_positions(

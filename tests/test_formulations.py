@@ -136,6 +136,30 @@ def test_a_chunks_patches_fill_the_cache_it_is_given():
     assert L4.num_positions % _schedule.chunk_positions(L4, 8, 4, 16, MIB) == 0
 
 
+def test_chunks_cover_the_positions_without_recomputing_a_chunk():
+    """Every unit count and target: equal chunks of at least half the
+    target where a divisor allows, else no more chunks than the target needs
+    and a last one that overlaps the one before by fewer units than there
+    are chunks."""
+    for units in range(1, 500):
+        for target in range(1, units + 1):
+            chunk = _schedule._largest_divisor_near(units, target)
+            assert chunk <= target, (units, target, chunk)
+            if units % chunk == 0:
+                assert 2 * chunk >= target, (units, target, chunk)
+                continue
+            count = -(-units // chunk)
+            assert count == -(-units // target), (units, target, chunk)
+            assert count * chunk - units < count, (units, target, chunk)
+    # DeepFace's L6 (441 positions) at batch 8, int8 in a 32 MiB cache: two
+    # chunks of 221 (436 recomputed 431 positions).
+    l6 = _arguments.standardize_geometry((25, 25), 16, 5, 1, "valid", 1, "test")
+    chunk = _schedule.chunk_positions(
+        l6, 8, 4, 16, MIB, decoded=True, last_level_bytes=32 * MIB
+    )
+    assert chunk == 221
+
+
 def test_all_positions_go_at_once_where_chunks_do_not_pay():
     # Patches that fit the cache, whatever the batch.
     small = _arguments.standardize_geometry((8, 8), 2, 3, 1, "valid", 1, "test")
