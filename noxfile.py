@@ -251,8 +251,9 @@ def fixtures(session):
 
 
 def _keras3_fixtures(session, backend):
-    """Rewrite integration/keras3_fixtures/<model>_<backend>.keras and its data:
-    every model of keras3_models.py (model, transpose, quantized) and of
+    """Rewrite integration/keras3_fixtures/<model>_<backend>.keras and its data.
+
+    Every model of keras3_models.py (model, transpose, quantized) and of
     padding_models.py."""
     install_backend(session, backend)
     session.run(
