@@ -21,6 +21,7 @@ from keras_localconn import (
     LocallyConnected2DTranspose,
     LocallyConnected3D,
     LocallyConnected3DTranspose,
+    _local_conv,
 )
 from tests.autodiff import to_numpy
 from tests.reference import reference_output_shape
@@ -241,6 +242,30 @@ def random_forward_problem(case, data_format, seed=0):
 # --------------------------------------------------------------------------
 # Quantized layers, as Keras' conventions define their variables
 # --------------------------------------------------------------------------
+
+
+def int8_encoded(kernel, column_scale=False):
+    """``(encoded, decoded)``: a ``(P, K, F)`` kernel as an engine
+    `EncodedKernel` of int8 values and one scale per (position, filter),
+    which decoding applies or, with `column_scale`, the engine applies to the
+    outputs; and the float kernel it stands for."""
+    scale = np.abs(kernel).max(axis=1) / 127  # (P, F)
+    values = np.round(kernel / scale[:, None, :]).astype("int8")
+    parts = (keras.ops.convert_to_tensor(values), keras.ops.convert_to_tensor(scale))
+
+    def decode(values, scale):
+        values = keras.ops.cast(values, "float32")
+        if column_scale:
+            return values
+        return values * keras.ops.expand_dims(scale, 1)
+
+    encoded = _local_conv.EncodedKernel(
+        parts,
+        decode,
+        kernel.shape,
+        (lambda values, scale: scale) if column_scale else None,
+    )
+    return encoded, values.astype("float32") * scale[:, None, :]
 
 
 def unpacked_int4(packed, filters):

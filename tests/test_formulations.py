@@ -30,6 +30,7 @@ from tests.helpers import (
     batch_shape,
     formulation_id,
     forward_case_id,
+    int8_encoded,
     padding_case_id,
     random_forward_problem,
 )
@@ -317,30 +318,6 @@ def test_chunks_in_a_model_traced_for_any_batch_size(batch_first, by_map):
         np.testing.assert_allclose(y, expected, rtol=RTOL, atol=ATOL)
 
 
-def _encoded(kernel, column_scale=False):
-    """`kernel` as int8 values and one scale per (position, filter), which
-    decoding applies, or the engine to the outputs (`column_scale`)."""
-    scale = np.abs(kernel).max(axis=1) / 127  # (P, F)
-    values = np.round(kernel / scale[:, None, :]).astype("int8")
-    parts = (keras.ops.convert_to_tensor(values), keras.ops.convert_to_tensor(scale))
-    if column_scale:
-        encoded = _local_conv.EncodedKernel(
-            parts,
-            lambda values, scale: keras.ops.cast(values, "float32"),
-            kernel.shape,
-            lambda values, scale: scale,
-        )
-    else:
-        encoded = _local_conv.EncodedKernel(
-            parts,
-            lambda values, scale: (
-                keras.ops.cast(values, "float32") * keras.ops.expand_dims(scale, 1)
-            ),
-            kernel.shape,
-        )
-    return encoded, values.astype("float32") * scale[:, None, :]
-
-
 @pytest.mark.parametrize("column_scale", [False, True], ids=["decoded", "column"])
 @pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
 def test_an_encoded_kernel_is_decoded_chunk_by_chunk(formulation, column_scale):
@@ -350,7 +327,7 @@ def test_an_encoded_kernel_is_decoded_chunk_by_chunk(formulation, column_scale):
     case = FORWARD_CASES[1]
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
     x, kernel, out, filters = random_forward_problem(case, "channels_last")
-    encoded, decoded = _encoded(kernel, column_scale)
+    encoded, decoded = int8_encoded(kernel, column_scale)
     ref = dict(
         kernel_size=kernel_size,
         strides=strides,

@@ -32,6 +32,7 @@ from tests.helpers import (
     conv_outputs,
     formulation_id,
     forward_case_id,
+    int8_encoded,
     layer_test_parameters,
     padding_case_id,
     random_array,
@@ -257,23 +258,8 @@ def test_an_encoded_grouped_kernel_is_decoded_unit_by_unit(formulation, column_s
     x, kernel, _, position_groups, groups, out = _problem(
         case, "mirror", "channels_last"
     )
-    scale = np.abs(kernel).max(axis=1) / 127  # (T, F)
-    values = np.round(kernel / scale[:, None, :]).astype("int8")
-
-    def decode(values, scale):
-        values = keras.ops.cast(values, "float32")
-        if column_scale:
-            return values
-        return values * keras.ops.expand_dims(scale, 1)
-
-    encoded = _local_conv.EncodedKernel(
-        (keras.ops.convert_to_tensor(values), keras.ops.convert_to_tensor(scale)),
-        decode,
-        kernel.shape,
-        (lambda values, scale: scale) if column_scale else None,
-    )
+    encoded, decoded = int8_encoded(kernel, column_scale)  # (T, K, F)
     y = _run(x, encoded, case, "channels_last", position_groups, None, formulation)
-    decoded = values.astype("float32") * scale[:, None, :]
     expected = _reference(x, decoded, None, groups, out, case, "channels_last")
     np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
 
