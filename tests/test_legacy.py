@@ -30,18 +30,33 @@ def _lc(name):
     return {"class_name": "LocallyConnected1D", "config": {"name": name}}
 
 
-def test_config_check_finds_a_locally_connected_layer_inside_a_wrapper():
-    wrapped = {
-        "class_name": "TimeDistributed",
-        "config": {"name": "frames", "layer": _lc("lc")},
-    }
-    with pytest.raises(ValueError, match=r"'frames' \(TimeDistributed\).*Locally"):
-        _config.check_model_config(_sequential(wrapped), None)
+def _wrapped(layer):
+    return {"class_name": "TimeDistributed", "config": {"name": "frames", "layer": layer}}
 
 
-def test_config_check_finds_one_inside_a_nested_model():
-    with pytest.raises(ValueError, match=r"'m' \(Sequential\) contains a Locally"):
-        _config.check_model_config(_sequential(_sequential(_lc("lc"))), None)
+def test_layer_entries_reach_layers_in_wrappers_and_nested_models():
+    config = _sequential(_wrapped(_lc("a")), _sequential(_lc("b"), _wrapped(_lc("c"))))
+
+    names = [entry["config"]["name"] for entry in _config.layer_entries(config)]
+
+    assert names == ["frames", "a", "m", "b", "frames", "c"]
+
+
+def test_config_check_accepts_locally_connected_layers_at_any_depth():
+    _config.check_model_config(_sequential(_sequential(_wrapped(_lc("lc")))), None)
+
+
+def test_config_check_refuses_an_unknown_class_inside_a_nested_model():
+    unknown = {"class_name": "GenoBlock", "config": {"name": "block"}}
+    with pytest.raises(
+        ValueError, match=r"layer 'block' is a GenoBlock.*custom_objects=\{'GenoBlock'"
+    ):
+        _config.check_model_config(_sequential(_sequential(unknown)), None)
+
+
+def test_config_check_takes_custom_objects_for_nested_user_classes():
+    unknown = {"class_name": "GenoBlock", "config": {"name": "block"}}
+    _config.check_model_config(_sequential(_wrapped(unknown)), {"GenoBlock": object})
 
 
 def test_config_check_reads_class_names_not_layer_names():

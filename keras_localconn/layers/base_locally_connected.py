@@ -102,6 +102,13 @@ class BaseLocallyConnected(LocalBase):
     def _engine_options(self):
         return {"position_groups": self._built_grouping}
 
+    def load_own_variables(self, store):
+        # Keras' `.keras`/`.weights.h5` loaders hand every layer its arrays:
+        # Keras 2's kernel layouts are converted here (see legacy._layer).
+        from keras_localconn.legacy import _layer  # legacy imports the layers
+
+        super().load_own_variables(_layer.own_variables_store(self, store))
+
     def get_config(self):
         return {
             **super().get_config(),

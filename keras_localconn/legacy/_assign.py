@@ -11,16 +11,20 @@ import numpy as np
 
 from keras_localconn import _keras_private
 from keras_localconn.layers import BaseLocallyConnected
-from keras_localconn.legacy._config import padding_layer_name
-from keras_localconn.legacy._convert import convert_weights
+from keras_localconn.legacy import _layer
 
 
-def match_weights(model, stored, convert_locally_connected):
+def match_weights(model, stored, convert_locally_connected, progress=None):
     """(variable, value) pairs for every weight of `model`, all checked.
 
-    `convert_locally_connected(layer, arrays)` turns the stored arrays of a
-    locally connected layer into the values of its variables; its errors
-    name the layer.
+    Top-level layers that have weights are matched in order, as Keras 2's
+    `.h5` format stores them; a container (nested model, wrapper, a user's
+    layer class) stores its whole subtree's weights, trainable first, in
+    `layer.trainable_weights + layer.non_trainable_weights` order. The arrays
+    of each locally connected layer found at any depth go through
+    `convert_locally_connected(layer, arrays)`, which returns the values of
+    its variables; its errors name the layer. `progress`, if given, is
+    called with a line for each layer.
     """
     targets = [layer for layer in model.layers if layer.weights]
     names = list(stored)
@@ -33,37 +37,42 @@ def match_weights(model, stored, convert_locally_connected):
             f"saved from a different architecture."
         )
     assignments = []
-    for layer, name in zip(targets, names):
-        values = stored[name].arrays
-        if not isinstance(layer, BaseLocallyConnected) and any(
-            isinstance(inner, BaseLocallyConnected)
-            for inner in _keras_private.sublayers(layer)
-        ):
-            raise ValueError(
-                f"layer '{layer.name}' of model '{model.name}' contains a "
-                f"locally connected layer. Only locally connected layers at "
-                f"the top level of the model can be loaded: nested models and "
-                f"wrappers holding them are not supported."
-            )
-        if isinstance(layer, BaseLocallyConnected):
-            values = convert_locally_connected(layer, values)
+    for count, (layer, name) in enumerate(zip(targets, names), start=1):
+        if progress is not None:
+            progress(f"layer {count}/{len(targets)}: {layer.name}")
         variables = layer.trainable_weights + layer.non_trainable_weights
+        values = list(stored[name].arrays)
         if len(values) != len(variables):
             raise ValueError(
                 f"layer '{name}' in the file has {len(values)} weight(s), layer "
                 f"'{layer.name}' of the model expects {len(variables)}: the "
                 f"file was saved from a different architecture."
             )
+        position = {id(variable): index for index, variable in enumerate(variables)}
+        for inner in [layer, *_keras_private.sublayers(layer)]:
+            if not isinstance(inner, BaseLocallyConnected) or not inner.weights:
+                continue
+            indices = [position[id(variable)] for variable in _own_weights(inner)]
+            converted = convert_locally_connected(
+                inner, [values[index] for index in indices]
+            )
+            for index, value in zip(indices, converted):
+                values[index] = value
         for variable, value in zip(variables, values):
-            if tuple(variable.shape) != tuple(value.shape):
+            if tuple(variable.shape) != tuple(np.shape(value)):
                 raise ValueError(
                     f"weight '{variable.path}' of layer '{layer.name}' has shape "
                     f"{tuple(variable.shape)}, the file's layer '{name}' stores "
-                    f"shape {tuple(value.shape)}: the file was saved from a "
+                    f"shape {tuple(np.shape(value))}: the file was saved from a "
                     f"different architecture."
                 )
             assignments.append((variable, value))
     return assignments
+
+
+def _own_weights(layer):
+    """`layer`'s variables in the order Keras 2 stored a layer's weights."""
+    return layer.trainable_weights + layer.non_trainable_weights
 
 
 def assign(assignments):
@@ -71,56 +80,44 @@ def assign(assignments):
         variable.assign(value)
 
 
-def converter_for_model(model):
-    """How `load_weights` converts the stored arrays of `model`'s layers.
+def converter_for_model(model, record):
+    """How the loaders convert the stored arrays of `model`'s layers.
 
-    The Keras 2 config of each locally connected layer is read from the layer
-    itself; the Keras 2 `implementation` is recognised from the stored
-    kernel's rank. A layer preceded by the zero padding layer `load_model`
-    inserts (`<name>_keras2_padding`) was a Keras 2 `same`-padded layer over
-    that padding layer's input.
+    Each locally connected layer is converted for its own configuration
+    (`_layer.convert`); the Keras 2 `implementation` is recognised from the
+    stored kernel. A `same`-padded layer that Keras 2 padded otherwise than
+    Keras 3 gets Keras 2's padding, explicitly, through `record` (a
+    `_layer.Keras2Import`, which can undo it). A layer behind the zero
+    padding layer earlier versions of `load_model` inserted
+    (`<name>_keras2_padding`, a `valid` layer) was a Keras 2 `same`-padded
+    layer over that padding layer's input.
     """
 
     def convert(layer, arrays):
-        keras2_config = layer.get_config()
-        keras2_config["implementation"] = _infer_implementation(layer, arrays)
-        input_shape = tuple(layer.input.shape)
         padding_layer = _keras2_padding_layer(model, layer)
-        if padding_layer is not None:
-            keras2_config["padding"] = "same"
-            input_shape = tuple(padding_layer.input.shape)
-        converted = convert_weights(arrays, keras2_config, input_shape)
-        if padding_layer is not None:
-            expected = _padding_pairs(padding_layer)
-            if converted.zero_padding != expected:
-                raise ValueError(
-                    f"layer '{layer.name}' follows '{padding_layer.name}', "
-                    f"which pads {expected}, "
-                    f"but Keras 2's padding='same' padded "
-                    f"{converted.zero_padding or 'as Keras 3 does'} for these "
-                    f"shapes: the model does not match the file."
-                )
-        elif converted.zero_padding:
-            pads = converted.zero_padding
-            shown = pads[0] if layer.rank == 1 else pads
+        if padding_layer is None:
+            converted = _layer.convert(layer, arrays)
+            record.adopt(layer, converted)
+            return converted.values
+        input_shape = tuple(padding_layer.input.shape)
+        converted = _layer.convert(layer, arrays, input_shape, padding="same")
+        expected = _padding_pairs(padding_layer)
+        if converted.padding != expected:
             raise ValueError(
-                f"layer '{layer.name}' uses padding='same', which Keras 2 split as "
-                f"{pads} (kernel_size // 2 before) and Keras 3 splits "
-                f"differently. Build it as ZeroPadding{layer.rank}D({shown}, "
-                f"name='{padding_layer_name(layer.name)}') followed by the "
-                f"layer with padding='valid' (what `load_model` builds), or "
-                f"load the full Keras 2 model with `load_model`."
+                f"layer '{layer.name}' follows '{padding_layer.name}', "
+                f"which pads {expected}, but Keras 2's padding='same' padded "
+                f"{converted.padding or 'as Keras 3 does'} for these shapes: "
+                f"the model does not match the file."
             )
-        return converted.weights
+        record.adopt(layer, converted._replace(padding=None))
+        return converted.values
 
     return convert
 
 
-def _infer_implementation(layer, arrays):
-    # impl 1: (P, K, filters); impl 2: one axis per input and output dim;
-    # impl 3: a flat vector.
-    ndim = np.ndim(arrays[0])
-    return {3: 1, 2 * layer.rank + 2: 2, 1: 3}.get(ndim, 1)
+def padding_layer_name(layer_name):
+    """The zero padding layer versions before 0.2 put in front of `layer_name`."""
+    return f"{layer_name}_keras2_padding"
 
 
 def _keras2_padding_layer(model, layer):

@@ -1,4 +1,4 @@
-"""Keras 2 model configs: checked, rewritten and rebuilt as Keras 3 models.
+"""Keras 2 model configs (any format, any depth): checked and rebuilt in Keras 3.
 
 Errors are `ValueError`s that name the layer; the entry points in
 `keras_localconn.legacy` prefix them with the file path.
@@ -17,121 +17,132 @@ KERAS2_LAYERS = {
     "LocallyConnected2D": LocallyConnected2D,
 }
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
-_ZERO_PADDING_LAYERS = {1: "ZeroPadding1D", 2: "ZeroPadding2D"}
 
 
-def padding_layer_name(layer_name):
-    """The name of the zero padding layer put in front of `layer_name`."""
-    return f"{layer_name}_keras2_padding"
+def layer_entries(model_config):
+    """Every layer entry (`{"class_name": ..., "config": ...}`) of a model
+    config, at any depth: nested models' layers and wrapped layers included."""
+    inner = model_config.get("config") if isinstance(model_config, dict) else None
+    if not isinstance(inner, dict):
+        return
+    layers = inner.get("layers")
+    nested = list(layers) if isinstance(layers, list) else []
+    nested += [
+        inner[key]
+        for key in ("layer", "forward_layer", "backward_layer")
+        if isinstance(inner.get(key), dict)
+    ]
+    for entry in nested:
+        if isinstance(entry, dict) and "class_name" in entry:
+            yield entry
+            yield from layer_entries(entry)
+
+
+def _known(class_name, registered_name, objects):
+    return (
+        class_name in objects
+        or class_name in _MODEL_CLASSES
+        or hasattr(keras.layers, class_name)
+        or any(
+            keras.saving.get_registered_object(name) is not None
+            for name in (registered_name, class_name)
+            if name
+        )
+    )
 
 
 def check_model_config(model_config, custom_objects):
-    """Refuse up front what cannot be mapped, naming the layer."""
-    if not isinstance(model_config, dict) or model_config.get("class_name") not in (
-        _MODEL_CLASSES
-    ):
-        found = (
-            model_config.get("class_name") if isinstance(model_config, dict) else None
-        )
+    """Refuse up front what cannot be rebuilt, naming the layer."""
+    objects = {**(custom_objects or {}), **KERAS2_LAYERS}
+    class_name = model_config.get("class_name") if isinstance(model_config, dict) else None
+    if class_name not in _MODEL_CLASSES and class_name not in objects:
         raise ValueError(
-            f"the model config describes a {found!r}, not a Sequential or "
-            f"functional model (subclassed models have no config that can be "
-            f"rebuilt)."
+            f"the model config describes a {class_name!r}, not a Sequential or "
+            f"functional model. A subclassed model loads only with its Keras 3 "
+            f"port passed in `custom_objects`."
         )
-    known = {**(custom_objects or {}), **KERAS2_LAYERS}
-    for entry in model_config["config"]["layers"]:
+    for entry in layer_entries(model_config):
         class_name = entry["class_name"]
-        name = entry["config"].get("name", entry.get("name"))
-        if (
-            class_name not in known
-            and not hasattr(keras.layers, class_name)
-            and class_name not in _MODEL_CLASSES
-            and keras.saving.get_registered_object(class_name) is None
-        ):
+        if not _known(class_name, entry.get("registered_name"), objects):
+            name = entry.get("config", {}).get("name", entry.get("name"))
             raise ValueError(
                 f"layer '{name}' is a {class_name}, which neither Keras 3 nor "
-                f"keras_localconn provides. Pass its class in `custom_objects`."
-            )
-        if class_name in KERAS2_LAYERS:
-            continue
-        nested = _nested_class_names(entry["config"]) & KERAS2_LAYERS.keys()
-        if nested:
-            raise ValueError(
-                f"layer '{name}' ({class_name}) contains a "
-                f"{' and a '.join(sorted(nested))}. Only locally connected "
-                f"layers at the top level of a Sequential or functional model "
-                f"can be imported: nested models and wrappers (TimeDistributed, "
-                f"...) holding them are not supported."
+                f"keras_localconn provides (a layer class of your own?). Port it "
+                f"to Keras 3 and pass it as custom_objects={{'{class_name}': "
+                f"{class_name}}}."
             )
 
 
-def _nested_class_names(config):
-    """The `class_name` of every object serialised anywhere inside `config`."""
-    if isinstance(config, dict):
-        found = (
-            {config["class_name"]}
-            if isinstance(config.get("class_name"), str)
-            else set()
-        )
-        for value in config.values():
-            found |= _nested_class_names(value)
-        return found
-    if isinstance(config, list):
-        return set().union(*(_nested_class_names(value) for value in config))
-    return set()
+def _for_keras3(model_config, objects):
+    """A copy of `model_config` that Keras 3's config reader rebuilds.
+
+    Two differences between Keras 2 and Keras 3 configs are bridged:
+
+    - tf-keras (2.13+) `.keras` configs name built-in layers with
+      `"module": "keras.layers"` and `"registered_name": null`; Keras 3
+      would look a locally connected layer up in `keras.layers` and fail.
+      The class's own name, registered in the scope, resolves it.
+    - a Keras 2 `Sequential` built on an `Input` had a node of its own (node
+      0), so a functional model that calls it refers to its node 1; a Keras
+      3 `Sequential` has no such node, and the references are shifted down.
+    """
+    config = copy.deepcopy(model_config)
+    for entry in [config, *layer_entries(config)]:
+        if entry["class_name"] in objects and (
+            keras.saving.get_registered_object(entry.get("registered_name") or "")
+            is None
+        ):
+            entry["registered_name"] = entry["class_name"]
+        _renumber_sequential_nodes(entry.get("config"))
+    return config
+
+
+def _renumber_sequential_nodes(config):
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        return
+    shifted = {
+        entry.get("name", entry.get("config", {}).get("name"))
+        for entry in config["layers"]
+        if isinstance(entry, dict)
+        and entry.get("class_name") == "Sequential"
+        and entry.get("config", {}).get("layers", [{}])[0].get("class_name")
+        == "InputLayer"
+    }
+    if not shifted:
+        return
+
+    def shift(reference):
+        if (
+            isinstance(reference, list)
+            and reference
+            and isinstance(reference[0], str)
+            and reference[0] in shifted
+        ):
+            return [reference[0], reference[1] - 1, *reference[2:]]
+        if isinstance(reference, list):
+            return [shift(item) for item in reference]
+        return reference
+
+    for entry in config["layers"]:
+        if isinstance(entry.get("inbound_nodes"), list):
+            entry["inbound_nodes"] = shift(entry["inbound_nodes"])
+    for key in ("input_layers", "output_layers"):
+        if isinstance(config.get(key), list):
+            config[key] = shift(config[key])
 
 
 def model_from_config(model_config, custom_objects, safe_mode):
     """The Keras 3 model a Keras 2 model config describes (config unchanged)."""
     objects = {**(custom_objects or {}), **KERAS2_LAYERS}
     try:
-        return _keras_private.model_from_keras2_config(
-            copy.deepcopy(model_config), objects, safe_mode
-        )
+        with keras.saving.custom_object_scope(objects):
+            return _keras_private.model_from_keras2_config(
+                _for_keras3(model_config, objects), objects, safe_mode
+            )
     except (TypeError, ValueError, KeyError) as error:
         raise ValueError(
             f"Keras 3 could not rebuild the model from its config: {error}"
         ) from error
-
-
-def insert_zero_padding(model_config, paddings):
-    """A copy of `model_config` with explicit zero padding before some layers.
-
-    `paddings` maps layer names to per-axis `(before, after)` pairs; each of
-    those layers gets `padding="valid"` and a `ZeroPadding1D`/`2D` in front.
-    """
-    config = copy.deepcopy(model_config)
-    layers = []
-    for entry in config["config"]["layers"]:
-        name = entry["config"]["name"]
-        if name in paddings:
-            rank = len(paddings[name])
-            pad_name = padding_layer_name(name)
-            padding = paddings[name][0] if rank == 1 else paddings[name]
-            pad_entry = {
-                "class_name": _ZERO_PADDING_LAYERS[rank],
-                "config": {
-                    "name": pad_name,
-                    "padding": padding,
-                    "data_format": entry["config"]["data_format"],
-                    "dtype": entry["config"].get("dtype", "float32"),
-                },
-            }
-            input_shape = entry["config"].pop("batch_input_shape", None)
-            if input_shape is not None:
-                pad_entry["config"]["batch_input_shape"] = input_shape
-            if "inbound_nodes" in entry:  # functional: rewire through the padding
-                pad_entry["name"] = pad_name
-                pad_entry["inbound_nodes"] = entry["inbound_nodes"]
-                entry["inbound_nodes"] = [
-                    [[pad_name, index, 0, {}]]
-                    for index in range(len(entry["inbound_nodes"]))
-                ]
-            entry["config"]["padding"] = "valid"
-            layers.append(pad_entry)
-        layers.append(entry)
-    config["config"]["layers"] = layers
-    return config
 
 
 def compile_arguments(training_config, custom_objects):

@@ -21,8 +21,8 @@ class ConvertedWeights(NamedTuple):
     Attributes:
         weights: `[kernel, bias]` (or `[kernel]` without bias) as NumPy
             arrays in this package's layout, ready for `layer.set_weights`.
-        padding: the `padding` to give this package's layer: `"valid"` or
-            `"same"`.
+        padding: the `padding` to give this package's layer: `"valid"`,
+            `"same"`, or the explicit `(before, after)` pairs it was given.
         zero_padding: `None`, or per-axis `(before, after)` zero padding
             Keras 2 applied that Keras 3's `"same"` does not reproduce: put a
             `keras.layers.ZeroPadding1D`/`ZeroPadding2D` with this padding
@@ -121,10 +121,10 @@ def convert_weights(
     data_format = _arguments.standardize_data_format(config.get("data_format"), owner)
     implementation = config.get("implementation", 1)
     use_bias = config.get("use_bias", True)
-    if padding == "causal" or dilation_rate != (1,) * rank:
+    if padding in ("causal", "circular") or dilation_rate != (1,) * rank:
         raise ValueError(
             f"{owner}: Keras 2 locally connected layers had neither 'causal' "
-            f"padding nor dilation. Received padding={padding!r}, "
+            f"nor 'circular' padding, nor dilation. Received padding={padding!r}, "
             f"dilation_rate={dilation_rate}"
         )
 
@@ -145,8 +145,8 @@ def convert_weights(
     keras3_same = _shapes.padding_amounts(
         spatial_shape, kernel_size, strides, "same", dilation_rate
     )
-    if padding == "valid":
-        return ConvertedWeights(converted, "valid", None)
+    if padding == "valid" or not isinstance(padding, str):
+        return ConvertedWeights(converted, padding, None)
     if pads == keras3_same:
         return ConvertedWeights(converted, "same", None)
     return ConvertedWeights(converted, "valid", pads)

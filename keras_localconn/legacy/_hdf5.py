@@ -5,9 +5,7 @@ in `keras_localconn.legacy` prefix them with the file path.
 """
 
 import contextlib
-import errno
 import json
-import os
 from typing import NamedTuple
 
 import h5py
@@ -21,40 +19,9 @@ class StoredLayer(NamedTuple):
     arrays: list
 
 
-def existing_path(filepath):
-    """`filepath` as a `str`, checked to name an existing file."""
-    if not isinstance(filepath, (str, os.PathLike)):
-        raise TypeError(
-            f"`filepath` must be a str or os.PathLike naming a Keras 2 .h5 "
-            f"file. Received: filepath={filepath!r} of type "
-            f"{type(filepath).__name__}"
-        )
-    path = os.fspath(filepath)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            errno.ENOENT, f"No such Keras 2 .h5 file: '{path}'", path
-        )
-    if os.path.isdir(path):
-        raise ValueError(
-            f"{path} is a directory (a TensorFlow SavedModel?), not a Keras 2 "
-            f".h5 file. Only .h5 files can be imported."
-        )
-    return path
-
-
 @contextlib.contextmanager
 def open_hdf5(path):
     """`h5py.File(path, "r")`, with errors that say what the file is."""
-    if not h5py.is_hdf5(path):
-        kind = (
-            " It looks like a zip archive (a Keras 3 `.keras` file? use "
-            "`keras.models.load_model`)."
-            if _starts_with(path, b"PK\x03\x04")
-            else ""
-        )
-        raise ValueError(
-            f"not an HDF5 file, so not a Keras 2 .h5 model or weights file.{kind}"
-        )
     try:
         file = h5py.File(path, "r")
     except OSError as error:
@@ -65,18 +32,19 @@ def open_hdf5(path):
         yield file
 
 
-def _starts_with(path, magic):
-    with open(path, "rb") as file:
-        return file.read(len(magic)) == magic
+def text_attribute(file, name):
+    """The string attribute `name` of the file; None if absent."""
+    value = file.attrs.get(name)
+    if hasattr(value, "decode"):
+        value = value.decode("utf-8")
+    return value
 
 
 def json_attribute(file, name):
     """The JSON attribute `name` of the file, decoded; None if absent."""
-    value = file.attrs.get(name)
+    value = text_attribute(file, name)
     if value is None:
         return None
-    if hasattr(value, "decode"):
-        value = value.decode("utf-8")
     try:
         return json.loads(value)
     except json.JSONDecodeError as error:
