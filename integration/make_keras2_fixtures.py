@@ -369,7 +369,10 @@ def genomic_model():
 
 
 def face_model():
-    """Face-style: Conv2D, a nested Sequential of LC2D (impl 1, 2, 3), Dense."""
+    """Face-style: Conv2D, a nested Sequential of LC2D (impl 1, 2, 3), Dense.
+
+    Compiled, so that its full-model files carry a training config.
+    """
     local = tf_keras.Sequential(
         [
             tf_keras.Input((6, 6, 2)),
@@ -384,7 +387,9 @@ def face_model():
     inputs = tf_keras.Input((8, 8, 1), name="face")
     x = local(layers.Conv2D(2, 3, activation="relu", name="c1")(inputs))
     outputs = layers.Dense(3, name="f8")(layers.Flatten(name="flatten")(x))
-    return tf_keras.Model(inputs, outputs, name="face")
+    model = tf_keras.Model(inputs, outputs, name="face")
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss="mse")
+    return model
 
 
 def format_models():
