@@ -20,6 +20,7 @@ BACKEND = keras.backend.backend()
 _NEEDS = {
     "integration/test_deepface.py": "tf_keras",  # tests-tensorflow, export
     "integration/test_export_formats.py": "onnxruntime",  # export
+    "integration/test_keras2_savedmodel.py": "tensorflow",  # tests-tensorflow, export
 }
 collect_ignore = [
     path for path, module in _NEEDS.items() if importlib.util.find_spec(module) is None

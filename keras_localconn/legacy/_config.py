@@ -38,9 +38,15 @@ def layer_entries(model_config):
             yield from layer_entries(entry)
 
 
+def _short(class_name):
+    """`Name` of a class registered as `package>Name` (Keras 2 wrote both)."""
+    return class_name.rsplit(">", 1)[-1]
+
+
 def _known(class_name, registered_name, objects):
     return (
         class_name in objects
+        or _short(class_name) in objects
         or class_name in _MODEL_CLASSES
         or hasattr(keras.layers, class_name)
         or any(
@@ -65,11 +71,12 @@ def check_model_config(model_config, custom_objects):
         class_name = entry["class_name"]
         if not _known(class_name, entry.get("registered_name"), objects):
             name = entry.get("config", {}).get("name", entry.get("name"))
+            short = _short(class_name)
             raise ValueError(
                 f"layer '{name}' is a {class_name}, which neither Keras 3 nor "
                 f"keras_localconn provides (a layer class of your own?). Port it "
-                f"to Keras 3 and pass it as custom_objects={{'{class_name}': "
-                f"{class_name}}}."
+                f"to Keras 3 and pass it as custom_objects={{'{short}': "
+                f"{short}}}."
             )
 
 
@@ -81,17 +88,25 @@ def _for_keras3(model_config, objects):
     - tf-keras (2.13+) `.keras` configs name built-in layers with
       `"module": "keras.layers"` and `"registered_name": null`; Keras 3
       would look a locally connected layer up in `keras.layers` and fail.
-      The class's own name, registered in the scope, resolves it.
+      The class's own name, registered in the scope, resolves it; a user
+      class registered as `package>Name` in Keras 2 resolves to the
+      `custom_objects` entry `Name` where nothing is registered under the
+      full name.
     - a Keras 2 `Sequential` built on an `Input` had a node of its own (node
       0), so a functional model that calls it refers to its node 1; a Keras
       3 `Sequential` has no such node, and the references are shifted down.
     """
     config = copy.deepcopy(model_config)
     for entry in [config, *layer_entries(config)]:
-        if entry["class_name"] in objects and (
-            keras.saving.get_registered_object(entry.get("registered_name") or "")
-            is None
-        ):
+        class_name = entry["class_name"]
+        registered = any(
+            keras.saving.get_registered_object(name) is not None
+            for name in (entry.get("registered_name"), class_name)
+            if name
+        )
+        if _short(class_name) in objects and not registered:
+            entry["class_name"] = _short(class_name)
+        if entry["class_name"] in objects and not registered:
             entry["registered_name"] = entry["class_name"]
         _renumber_sequential_nodes(entry.get("config"))
     return config
@@ -134,22 +149,50 @@ def _renumber_sequential_nodes(config):
 def model_from_config(model_config, custom_objects, safe_mode):
     """The Keras 3 model a Keras 2 model config describes (config unchanged)."""
     objects = {**(custom_objects or {}), **KERAS2_LAYERS}
+    config = _for_keras3(model_config, objects)  # outside the scope: it reads it
     try:
         with keras.saving.custom_object_scope(objects):
-            return _keras_private.model_from_keras2_config(
-                _for_keras3(model_config, objects), objects, safe_mode
-            )
+            return _keras_private.model_from_keras2_config(config, objects, safe_mode)
     except (TypeError, ValueError, KeyError) as error:
         raise ValueError(
             f"Keras 3 could not rebuild the model from its config: {error}"
         ) from error
 
 
+# Keras 2 optimizer arguments Keras 3's optimizers refuse.
+_KERAS2_ONLY_OPTIMIZER_ARGUMENTS = ("is_legacy_optimizer", "jit_compile")
+
+
+def _names_only(value):
+    """Whether `value` (a loss or metrics entry) is made of names alone."""
+    if isinstance(value, str):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_names_only(item) for item in value)
+    if isinstance(value, dict):
+        return all(_names_only(item) for item in value.values())
+    return False
+
+
 def compile_arguments(training_config, custom_objects):
-    """`model.compile` keyword arguments from a Keras 2 training config."""
+    """`model.compile` keyword arguments from a Keras 2 training config.
+
+    Names (`"mse"`, `["accuracy"]`) go to `compile` as they are, which knows
+    them all; Keras 3's reader of Keras 2 configs does not know some.
+    """
+    config = copy.deepcopy(training_config)
+    optimizer = config.get("optimizer_config") or {}
+    for argument in _KERAS2_ONLY_OPTIMIZER_ARGUMENTS:
+        (optimizer.get("config") or {}).pop(argument, None)
+    names = {
+        key: config.pop(key)
+        for key in ("loss", "metrics", "weighted_metrics")
+        if config.get(key) is not None and _names_only(config[key])
+    }
+    config.setdefault("loss_weights", None)
     try:
-        return _keras_private.compile_arguments_from_keras2_training_config(
-            training_config, {**(custom_objects or {}), **KERAS2_LAYERS}
+        arguments = _keras_private.compile_arguments_from_keras2_training_config(
+            config, {**(custom_objects or {}), **KERAS2_LAYERS}
         )
     except (TypeError, ValueError, KeyError) as error:
         raise ValueError(
@@ -157,3 +200,4 @@ def compile_arguments(training_config, custom_objects):
             f"metrics): {error}. Load with compile=False and compile the model "
             f"yourself."
         ) from error
+    return {**arguments, **names}

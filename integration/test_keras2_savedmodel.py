@@ -1,0 +1,46 @@
+"""Keras 2 SavedModel directories import: read with TensorFlow, any backend.
+
+Collected only where TensorFlow is installed (conftest.py): tests-tensorflow,
+and the export sessions under jax and torch. The fixtures are those of
+`test_keras2_formats.py`.
+"""
+
+import pytest
+
+from integration.test_keras2_formats import (
+    CUSTOM_OBJECTS,
+    FORMATS,
+    MODELS,
+    TOLERANCE,
+    architecture,
+    relative_error,
+)
+from keras_localconn import legacy
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_savedmodel_loads_and_predicts_what_keras2_predicted(name):
+    model = legacy.load_model(
+        FORMATS / name / "savedmodel", custom_objects=CUSTOM_OBJECTS, compile=False
+    )
+    assert relative_error(model, name) < TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["nested_lc2d_impl2_cf", "genomic", "face"])
+def test_savedmodel_weights_load_into_the_rebuilt_model(name):
+    model = architecture(name)
+    legacy.load_weights(model, FORMATS / name / "savedmodel")
+    assert relative_error(model, name) < TOLERANCE
+
+
+def test_the_converter_reads_a_savedmodel(tmp_path):
+    import keras
+
+    from integration.test_keras2_formats import convert
+
+    target = tmp_path / "face.keras"
+    run = convert(FORMATS / "face" / "savedmodel", target)
+    assert run.returncode == 0, run.stderr
+    assert relative_error(keras.models.load_model(target, compile=False), "face") < (
+        TOLERANCE
+    )
