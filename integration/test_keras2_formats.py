@@ -73,9 +73,7 @@ def test_load_model_predicts_what_keras2_predicted(name, form):
 
 @pytest.mark.parametrize("form", ["weights.h5", "model.weights.h5"])
 @pytest.mark.parametrize("name", MODELS)
-def test_load_weights_makes_the_rebuilt_model_predict_what_keras2_predicted(
-    name, form
-):
+def test_load_weights_makes_the_rebuilt_model_predict_what_keras2_predicted(name, form):
     model = architecture(name)
     legacy.load_weights(model, FORMATS / name / form)
     assert relative_error(model, name) < TOLERANCE
@@ -159,17 +157,16 @@ def test_a_custom_class_not_passed_is_named_with_how_to_pass_it():
             ValueError,
             match=r"ResidualLocalBlock.*custom_objects=\{'ResidualLocalBlock'",
         ) as info:
-            with keras.saving.custom_object_scope({}):
-                _unregistered(lambda: legacy.load_model(path))
+            _unregistered(legacy.load_model, path)
         assert str(info.value).startswith(str(path))
 
 
-def _unregistered(load):
-    """`load()` while the fixtures' ports are not registered with Keras."""
+def _unregistered(load, path):
+    """`load(path)` while the fixtures' ports are not registered with Keras."""
     registered = keras.saving.get_custom_objects()
     saved = {key: registered.pop(key) for key in list(registered) if "fixtures>" in key}
     try:
-        return load()
+        return load(path)
     finally:
         registered.update(saved)
 

@@ -24,11 +24,7 @@ from keras_localconn.ops import local_conv
 
 FIXTURES = pathlib.Path(__file__).parent / "keras2_fixtures"
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text())
-FULL_MODELS = [
-    f["name"]
-    for f in MANIFEST["fixtures"]
-    if not f["weights_only"]
-]
+FULL_MODELS = [f["name"] for f in MANIFEST["fixtures"] if not f["weights_only"]]
 TOLERANCE = 1e-5
 
 
@@ -425,9 +421,7 @@ def test_lc_inside_nested_model_loads():
     ],
     ids=["load_model", "load_weights"],
 )
-@pytest.mark.parametrize(
-    "fixture", ["weights_only_lc", "truncated", "text"]
-)
+@pytest.mark.parametrize("fixture", ["weights_only_lc", "truncated", "text"])
 def test_file_errors_name_the_path_once_at_the_start(load, fixture, tmp_path):
     if fixture == "truncated":
         data = (FIXTURES / "mixed_conv_lc2d_dense.h5").read_bytes()

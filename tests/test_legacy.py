@@ -31,7 +31,10 @@ def _lc(name):
 
 
 def _wrapped(layer):
-    return {"class_name": "TimeDistributed", "config": {"name": "frames", "layer": layer}}
+    return {
+        "class_name": "TimeDistributed",
+        "config": {"name": "frames", "layer": layer},
+    }
 
 
 def test_layer_entries_reach_layers_in_wrappers_and_nested_models():

@@ -28,7 +28,11 @@ def _custom_objects(module_names):
     for name in module_names:
         module = importlib.import_module(name)
         objects.update(
-            {key: value for key, value in vars(module).items() if inspect.isclass(value)}
+            {
+                key: value
+                for key, value in vars(module).items()
+                if inspect.isclass(value)
+            }
         )
     return objects
 

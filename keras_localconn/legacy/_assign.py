@@ -116,7 +116,7 @@ def converter_for_model(model, record):
 
 
 def padding_layer_name(layer_name):
-    """The zero padding layer versions before 0.2 put in front of `layer_name`."""
+    """The zero padding layer earlier versions of `load_model` put before a layer."""
     return f"{layer_name}_keras2_padding"
 
 

@@ -60,7 +60,9 @@ def _known(class_name, registered_name, objects):
 def check_model_config(model_config, custom_objects):
     """Refuse up front what cannot be rebuilt, naming the layer."""
     objects = {**(custom_objects or {}), **KERAS2_LAYERS}
-    class_name = model_config.get("class_name") if isinstance(model_config, dict) else None
+    class_name = (
+        model_config.get("class_name") if isinstance(model_config, dict) else None
+    )
     if class_name not in _MODEL_CLASSES and class_name not in objects:
         raise ValueError(
             f"the model config describes a {class_name!r}, not a Sequential or "

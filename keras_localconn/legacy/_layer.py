@@ -128,9 +128,7 @@ def convert(layer, arrays, input_shape=None, padding=None):
         "use_bias": layer.use_bias,
         "implementation": implementation,
     }
-    converted = convert_weights(
-        arrays, config, input_shape or built_input_shape(layer)
-    )
+    converted = convert_weights(arrays, config, input_shape or built_input_shape(layer))
     return Converted(converted.weights, implementation, converted.zero_padding)
 
 

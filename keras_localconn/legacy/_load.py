@@ -103,7 +103,9 @@ def import_model(
                 keras_path, custom_objects, compile, safe_mode
             )
         return model, None
-    say(f"{file.kind}, written by Keras {file.keras_version or '2'}: building the model")
+    say(
+        f"{file.kind}, written by Keras {file.keras_version or '2'}: building the model"
+    )
     _config.check_model_config(file.model_config, custom_objects)
     model = _config.model_from_config(file.model_config, custom_objects, safe_mode)
     say(f"loading the weights of {len(model.weights)} variables")
