@@ -20,6 +20,8 @@ BACKEND = keras.backend.backend()
 _NEEDS = {
     "integration/test_deepface.py": "tf_keras",  # tests-tensorflow, export
     "integration/test_export_formats.py": "onnxruntime",  # export
+    # TensorFlow reads SavedModels; tf-keras writes the extra cases.
+    "integration/test_keras2_savedmodel_reader.py": "tf_keras",  # tests-tensorflow
 }
 collect_ignore = [
     path for path, module in _NEEDS.items() if importlib.util.find_spec(module) is None
