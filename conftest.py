@@ -21,6 +21,7 @@ _NEEDS = {
     "integration/test_deepface.py": "tf_keras",  # tests-tensorflow, export
     "integration/test_export_formats.py": "onnxruntime",  # export
     "integration/test_keras2_savedmodel.py": "tensorflow",  # tests-tensorflow, export
+    "integration/test_keras2_savedmodel_reader.py": "tf_keras",  # writes with it
 }
 collect_ignore = [
     path for path, module in _NEEDS.items() if importlib.util.find_spec(module) is None
