@@ -274,7 +274,8 @@ _backend_sessions(
 
 
 def _export(session, backend):
-    """Deployment: ONNX, LiteRT and OpenVINO exports, and the DeepFace port."""
+    """Deployment: ONNX, LiteRT and OpenVINO exports, the DeepFace port, and
+    Keras 2 SavedModels imported under this backend."""
     # Each backend's converter; tf-keras (in the group) brings TensorFlow into
     # every session, for the Keras 2 side of the DeepFace port.
     converters = {
@@ -284,8 +285,13 @@ def _export(session, backend):
     }
     install_backend(session, backend, *_groups("export"), *converters[backend])
     tests = ["integration/test_export_formats.py"]
-    if backend != "tensorflow":  # tests-tensorflow, which has tf-keras, runs it
-        tests.append("integration/test_deepface.py")
+    if backend != "tensorflow":  # tests-tensorflow, which has tf-keras, runs them
+        # The DeepFace port, and Keras 2 SavedModels (read with TensorFlow)
+        # loaded under this backend.
+        tests += [
+            "integration/test_deepface.py",
+            "integration/test_keras2_savedmodel.py",
+        ]
     session.run("pytest", *(session.posargs or tests))
 
 
