@@ -7,6 +7,8 @@
   do not cover: 3D fields with few filters (patches far larger than the
   kernel), a long 1D sequence, a strided 2D layer with many filters;
 - `TRANSPOSE_CASES` (`transpose.py`): the inputs of the transposed layers.
+
+`TARGETS`, beside them, is what the report holds the results against.
 """
 
 import dataclasses
@@ -20,7 +22,8 @@ class ConvShape:
     `input_shape` is ``(batch, *spatial, channels)`` (channels_last), with
     batch None where each measurement picks its own (`DEEPFACE_LAYERS`). The
     sizes derived below are those of the forward layer with this input; a
-    transposed layer (`TRANSPOSE_CASES`) computes its own output shape.
+    transposed layer (`TRANSPOSE_CASES`) computes its own output shape. The
+    output positions and patch size are the package's own (`geometry`).
     """
 
     name: str
@@ -53,21 +56,31 @@ class ConvShape:
         return self.input_shape[1:-1]
 
     @property
-    def output_spatial(self):
-        if self.padding == "same":
-            return tuple(-(-n // s) for n, s in zip(self.spatial, self.strides))
-        return tuple(
-            (n - k) // s + 1
-            for n, k, s in zip(self.spatial, self.kernel_size, self.strides)
+    def geometry(self):
+        """The forward layer's `_shapes.Geometry`, as the engine derives it."""
+        from keras_localconn import _arguments
+
+        return _arguments.standardize_geometry(
+            self.spatial,
+            self.channels,
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            1,
+            self.name,
         )
 
     @property
+    def output_spatial(self):
+        return self.geometry.output_shape
+
+    @property
     def positions(self):
-        return math.prod(self.output_spatial)
+        return self.geometry.num_positions
 
     @property
     def patch_size(self):
-        return math.prod(self.kernel_size) * self.channels
+        return self.geometry.patch_size
 
     @property
     def output_shape(self):
@@ -221,4 +234,42 @@ TRANSPOSE_CASES = (
         padding="same",
         label="1D (128, 500, 32) -> 16f, k4 s2 same",
     ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One target: the report's `measure` of a case at most `bound` (or at
+    least, `at_least`), on the cases of `part` named in `cases` (all of
+    them if empty) and on `backends` (all if empty)."""
+
+    label: str  # how the page names it where it is missed
+    measure: str  # a measure the report computes for the part, by name
+    bound: float
+    at_least: bool = False
+    part: str = "cases"
+    cases: tuple = ()
+    backends: tuple = ()
+
+    def applies(self, part, case_name, backend):
+        return (
+            part == self.part
+            and (not self.cases or case_name in self.cases)
+            and (not self.backends or backend in self.backends)
+        )
+
+    def missed(self, value):
+        """Whether `value` misses it; an unmeasured one (None) does not."""
+        if value is None:
+            return False
+        return value < self.bound if self.at_least else value > self.bound
+
+
+TARGETS = (
+    # `CASES`: ours against the matmul floor and the backend's fastest anchor.
+    Target("forward ≤ 1.5× floor", "forward ÷ floor", 1.5),
+    Target("fwd+bwd ≤ 1.5× floor", "fwd+bwd ÷ floor", 1.5),
+    Target("≥ 2× anchor", "anchor ÷ ours, fwd+bwd", 2, at_least=True),
+    Target("memory ≤ anchor", "memory ÷ anchor", 1),
+    Target("build + first call < 1.5 s", "build s", 1.5, cases=("large",)),
 )

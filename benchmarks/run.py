@@ -20,8 +20,8 @@ forward pass against the limit they set (``--no-models`` skips all three);
 the page holds them against the machine's limit, the best rates of every
 backend's run. On TensorFlow, where oneDNN is off by default, DeepFace's
 layers are timed a second time in a fresh process with
-``TF_ENABLE_ONEDNN_OPTS=1``. ``results["machine"]`` holds CPU 0's caches (from
-sysfs), which the chunk-size chart marks.
+``TF_ENABLE_ONEDNN_OPTS=1``. ``results["machine"]`` holds CPU 0's data caches
+(as ``keras_localconn._machine`` reads them), which the chunk-size chart marks.
 
 After them, ``groups.py`` times DeepFace's L4 with position groups
 (blocks of 2x2 and 4x4, one group) beside the ungrouped layer and
@@ -251,39 +251,25 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-_CACHE_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}
-CPU0_CACHES = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")
-
-
-def _size_bytes(text):
-    """Bytes of a sysfs cache size: ``"32K"``, ``"1024K"``, ``"32M"``."""
-    return (
-        int(text[:-1]) * _CACHE_UNITS[text[-1]]
-        if text[-1] in _CACHE_UNITS
-        else int(text)
-    )
-
-
 def cpu_caches():
-    """The caches of CPU 0, from Linux's sysfs: level, type, size and the
-    CPUs that share each (``shared_cpu_list``); [] where sysfs lacks them."""
+    """CPU 0's data and unified caches, found as the package finds them
+    (`keras_localconn._machine`, from Linux's sysfs): level, type, size and
+    the CPUs that share each (``shared_cpu_list``); [] where sysfs lacks them."""
+    from keras_localconn import _machine
+
     caches = []
-    for index in sorted(CPU0_CACHES.glob("index*")):
+    for level, index in _machine._sysfs_data_caches(_machine._SYSFS_CACHE):
         try:
-            fields = {
-                name: (index / name).read_text().strip()
-                for name in ("level", "type", "size", "shared_cpu_list")
-            }
-        except OSError:
+            caches.append(
+                {
+                    "level": level,
+                    "type": (index / "type").read_text().strip(),
+                    "size_bytes": _machine._parse_size((index / "size").read_text()),
+                    "shared_cpu_list": (index / "shared_cpu_list").read_text().strip(),
+                }
+            )
+        except (OSError, ValueError):
             continue
-        caches.append(
-            {
-                "level": int(fields["level"]),
-                "type": fields["type"],
-                "size_bytes": _size_bytes(fields["size"]),
-                "shared_cpu_list": fields["shared_cpu_list"],
-            }
-        )
     return caches
 
 
