@@ -44,12 +44,13 @@ CPUs without AVX-512 (this machine), and its batched matmul then runs on
 Eigen.
 """
 
+import importlib.util
 import math
 
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.cases import DEEPFACE_LAYERS, REGIMES
+from benchmarks.cases import DEEPFACE_LAYERS, REGIMES, residual_pads
 
 BATCHES = (1, 8, 32)
 STACK_INFERENCE_BATCH = 8
@@ -201,43 +202,67 @@ def best_rates(rate_sets):
 # --------------------------------------------------------------------------
 
 
-def _compiled_model(keras_module, layers_module, shapes, seed, **layer_kwargs):
-    """`shapes` stacked as `layers_module`'s ``LocallyConnected{rank}D``
-    layers in a `keras_module` model, compiled with SGD and an mse loss."""
+def _compiled_model(
+    keras_module, layers_module, shapes, seed, residual=False, **layer_kwargs
+):
+    """`shapes` as `layers_module`'s ``LocallyConnected{rank}D`` layers in a
+    `keras_module` model, compiled with SGD and an mse loss: stacked, or
+    where `residual` (1D), each added to its own zero-padded input
+    (`cases.residual_pads`)."""
     keras_module.utils.set_random_seed(seed)
-    inputs = keras_module.Input(shapes[0].input_shape[1:])
+    first = shapes[0]
+    spatial = first.output_spatial if residual else first.spatial
+    inputs = keras_module.Input((*spatial, first.channels))
     x = inputs
     for shape in shapes:
-        layer = getattr(layers_module, f"LocallyConnected{shape.rank}D")
-        x = layer(
+        layer = getattr(layers_module, f"LocallyConnected{shape.rank}D")(
             shape.filters,
             shape.kernel_size,
             strides=shape.strides,
             padding=shape.padding,
             **layer_kwargs,
-        )(x)
+        )
+        if residual:
+            padded = keras_module.layers.ZeroPadding1D(residual_pads(shape))(x)
+            x = keras_module.layers.Add()([x, layer(padded)])
+        else:
+            x = layer(x)
     model = keras_module.Model(inputs, x)
     model.compile(optimizer=keras_module.optimizers.SGD(1e-4), loss="mse")
     return model
 
 
-def _keras3_model(shapes, seed=0):
+def keras3_model(shapes, seed=0, residual=False):
     """`shapes` as this package's layers, in a Keras 3 model."""
     import keras
 
     import keras_localconn
 
-    return _compiled_model(keras, keras_localconn, shapes, seed)
+    return _compiled_model(keras, keras_localconn, shapes, seed, residual)
 
 
-def _keras2_model(shapes, seed=0):
-    """`shapes` as tf.keras 2's layers with ``implementation=1``."""
+def keras2_model(shapes, seed=0, residual=False, implementation=1):
+    """`shapes` as tf.keras 2's layers with `implementation`."""
     import tf_keras
 
-    return _compiled_model(tf_keras, tf_keras.layers, shapes, seed, implementation=1)
+    return _compiled_model(
+        tf_keras,
+        tf_keras.layers,
+        shapes,
+        seed,
+        residual,
+        implementation=implementation,
+    )
 
 
-MODEL_BUILDERS = {"ours": _keras3_model, "tf.keras 2 implementation=1": _keras2_model}
+def keras2_missing():
+    """Why tf.keras 2 cannot be timed here (not installed), or None."""
+    if importlib.util.find_spec("tf_keras") is None:
+        return "tf-keras is not installed in this environment"
+    return None
+
+
+MODEL_BUILDERS = {"ours": keras3_model, "tf.keras 2 implementation=1": keras2_model}
 
 
 def _side_by_side(models, shapes, batch, mode, rates, rounds, budget_s):
@@ -313,7 +338,7 @@ def time_models(backend, rounds=9, budget_s=20.0):
             # A model per batch: Keras on TensorFlow retraces a model called
             # at several batch sizes for any batch, and the engine then
             # schedules for an assumed one.
-            model = {"ours": _keras3_model((shape,))}
+            model = {"ours": keras3_model((shape,))}
             entry = _side_by_side(
                 model, (shape,), batch, "inference", rates, rounds, budget_s
             )
@@ -322,10 +347,9 @@ def time_models(backend, rounds=9, budget_s=20.0):
                 f"    {shape.name} batch {batch}: {entry['ours_ms']:.1f} ms, "
                 f"limit {entry['limit_ms']:.1f} ms"
             )
-    both = {
-        "ours": _keras3_model(DEEPFACE_LAYERS),
-        "keras2": _keras2_model(DEEPFACE_LAYERS),
-    }
+    both = {"ours": keras3_model(DEEPFACE_LAYERS)}
+    if keras2_missing() is None:  # absent where only a backend is installed
+        both["keras2"] = keras2_model(DEEPFACE_LAYERS)
     stack = {
         mode: _side_by_side(both, DEEPFACE_LAYERS, batch, mode, rates, rounds, budget_s)
         for mode, batch in (
@@ -361,17 +385,18 @@ def time_regimes(rates, shapes=REGIMES, rounds=REGIME_ROUNDS, budget_s=REGIME_BU
     beside tf.keras 2 where it is timed; a JSON-ready dict by case name."""
     timed = {}
     for shape in shapes:
-        models = {"ours": _keras3_model((shape,))}
-        if not shape.keras2_skipped:
-            models["keras2"] = _keras2_model((shape,))
+        models = {"ours": keras3_model((shape,))}
+        keras2_skipped = shape.keras2_skipped or keras2_missing()
+        if not keras2_skipped:
+            models["keras2"] = keras2_model((shape,))
         entry = {
             mode: _side_by_side(
                 models, (shape,), shape.batch, mode, rates, rounds, budget_s
             )
             for mode in harness.SideBySide.STEPS
         }
-        if shape.keras2_skipped:
-            entry["keras2_skipped"] = shape.keras2_skipped
+        if keras2_skipped:
+            entry["keras2_skipped"] = keras2_skipped
         timed[shape.name] = entry
         print(f"    {shape.name}: {entry}", flush=True)
     return timed

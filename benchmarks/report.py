@@ -27,8 +27,14 @@ import math
 import pathlib
 import re
 
-from benchmarks import groups, models, quantization
-from benchmarks.cases import CASES, DEEPFACE_LAYERS, REGIMES_BY_NAME, TARGETS
+from benchmarks import genomics, groups, models, quantization
+from benchmarks.cases import (
+    CASES,
+    DEEPFACE_LAYERS,
+    GENOMICS_BY_NAME,
+    REGIMES_BY_NAME,
+    TARGETS,
+)
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -47,6 +53,11 @@ TITLES = {
     "jax": "JAX",
     "torch": "PyTorch",
     "tensorflow-onednn": "TensorFlow + oneDNN",
+}
+# Every case a target may name, by name (`cases.TARGETS`).
+CASE_LABELS = {
+    case.name: case.label
+    for case in (*CASES, *REGIMES_BY_NAME.values(), *GENOMICS_BY_NAME.values())
 }
 # The end of the forward table's sentence, with or without a oneDNN column.
 ONEDNN_COLUMN = "; the last column puts TensorFlow with oneDNN in TensorFlow's place."
@@ -113,6 +124,27 @@ def _build_cell(entry):
 
 def _memory_cell(entry):
     return _fmt(entry["step_peak_mb"]) if "step_peak_mb" in entry else "–"
+
+
+def missed(part, case_name, backend, measures):
+    """The cell of the targets of `cases.TARGETS` that `measures` (by
+    measure name) miss: their labels, "none", or "–" where none applies."""
+    targets = [t for t in TARGETS if t.applies(part, case_name, backend)]
+    if not targets:
+        return "–"
+    labels = [t.label for t in targets if t.missed(measures.get(t.measure))]
+    return ", ".join(labels) or "none"
+
+
+def targets_text(part):
+    """``"≤ 3× limit on JAX; …"``: the targets of `part`, for the prose."""
+    return "; ".join(
+        f"{t.label} on "
+        + (", ".join(TITLES[b] for b in t.backends) if t.backends else "every backend")
+        + (f", at {', '.join(CASE_LABELS[c] for c in t.cases)}" if t.cases else "")
+        for t in TARGETS
+        if t.part == part
+    )
 
 
 def _rows(rows, notes=()):
@@ -457,24 +489,104 @@ def regimes_block(runs, machine):
             for mode, entry in timed.items():
                 if mode not in models.LIMIT_MS:
                     continue
+                limit = limit_ms(mode, (shape,), entry["batch"], machine)
+                own_limit = limit_ms(mode, (shape,), entry["batch"], run.get("rates"))
+                measures = {"ours ÷ limit": _ratio(entry.get("ours_ms"), limit)}
                 rows.append(
                     [
                         TITLES[k],
                         shape.label,
                         f"{mode}, batch {entry['batch']}",
-                        *_versus_keras2(
-                            entry,
-                            *(
-                                limit_ms(mode, (shape,), entry["batch"], rates)
-                                for rates in (machine, run.get("rates"))
-                            ),
-                        ),
+                        *_versus_keras2(entry, limit, own_limit),
+                        missed("regimes", name, k, measures),
                     ]
                 )
             if "keras2_skipped" in timed:
                 skipped[shape.label] = timed["keras2_skipped"]
     notes = [f"tf.keras 2 at *{n}*: not timed; {r}." for n, r in skipped.items()]
-    return [{"rows": _rows(rows, notes)}] if with_regimes else []
+    values = {"rows": _rows(rows, notes), "targets": targets_text("regimes")}
+    return [values] if with_regimes else []
+
+
+def _keras2_cell(entry, mode):
+    """ms of one tf.keras 2 implementation's `mode` step, or why none."""
+    if "timeout_s" in entry:
+        return f"> {entry['timeout_s']:.0f} s (stopped)"
+    if "error" in entry:
+        return "failed"
+    return _fmt(entry.get(f"{mode}_ms"))
+
+
+def _keras2_note(label, name, entry):
+    """What the page says of one tf.keras 2 implementation beside a case."""
+    if "skipped" in entry:
+        return f"tf.keras 2 {name} at *{label}*: not timed; {entry['skipped']}."
+    if "build_s" not in entry:
+        return None
+    return (
+        f"tf.keras 2 {name} at *{label}*: built in {_fmt(entry['build_s'])} s; "
+        f"first inference call {_fmt(entry['inference_first_s'])} s, first "
+        f"training step {_fmt(entry['training_first_s'])} s."
+    )
+
+
+def genomics_block(runs, machine):
+    """The genomics models: ours ÷ the limit per backend, beside tf.keras 2's
+    implementations (timed in the TensorFlow run) and the targets."""
+    with_genomics = runs_with(runs, "genomics")
+    if not with_genomics:
+        return []
+    # tf.keras 2 runs on TensorFlow whatever the backend: timed in one run.
+    anchors = {
+        name: timed["keras2"]
+        for run in with_genomics.values()
+        for name, timed in run["genomics"].items()
+        if "keras2" in timed
+    }
+    names = [genomics.keras2_name(i) for i in genomics.KERAS2_IMPLEMENTATIONS]
+    rows, notes = [], {}
+    for k, run in with_genomics.items():
+        for name, timed in run["genomics"].items():
+            case = GENOMICS_BY_NAME.get(name)
+            if case is None:  # a case since renamed or dropped
+                continue
+            keras2 = anchors.get(name, {})
+            for mode, entry in timed.items():
+                if mode not in models.LIMIT_MS:
+                    continue
+                ours = entry["ours_ms"]
+                limit = limit_ms(mode, case.layers, entry["batch"], machine)
+                own_limit = limit_ms(mode, case.layers, entry["batch"], run["rates"])
+                measured = [
+                    e[f"{mode}_ms"] for e in keras2.values() if f"{mode}_ms" in e
+                ]
+                measures = {
+                    "ours ÷ limit": _ratio(ours, limit),
+                    "best tf.keras 2 ÷ ours": _ratio(min(measured, default=None), ours),
+                }
+                rows.append(
+                    [
+                        TITLES[k],
+                        case.label,
+                        f"{mode}, batch {entry['batch']}",
+                        _fmt(limit),
+                        _fmt(ours),
+                        _times(ours, limit),
+                        _times(ours, own_limit),
+                        *(_keras2_cell(keras2.get(n, {}), mode) for n in names),
+                        _fmt_ratio(measures["best tf.keras 2 ÷ ours"]),
+                        missed("genomics", name, k, measures),
+                    ]
+                )
+            for n in names:
+                notes[(name, n)] = _keras2_note(case.label, n, keras2.get(n, {}))
+    return [
+        {
+            "timeout": _fmt(genomics.KERAS2_TIMEOUT_S),
+            "targets": targets_text("genomics"),
+            "rows": _rows(rows, [note for note in notes.values() if note]),
+        }
+    ]
 
 
 def groups_block(runs, machine):
@@ -788,6 +900,7 @@ def blocks(results, transpose_runs):
         "deepface-stack": stack_block(runs, machine),
         "deepface-parts": parts_block(runs, machine),
         "regimes": regimes_block(runs, machine),
+        "genomics": genomics_block(runs, machine),
         "groups": groups_block(runs, machine),
         "quantization": quantization_block(runs, machine),
         "chunk-curve": chunk_curve_block(results, runs, machine),
