@@ -3,7 +3,7 @@
 `draw` writes the three charts `report.CHARTS` names into a docs folder:
 ours ÷ the matmul floor per case (`chart`), DeepFace's layers ÷ the
 machine's limit (`limit_chart`) and the chunk-size curve
-(`chunk_curve_chart`). `report` reads the results; this module only draws.
+(`chunk_curve_chart`). `tables` reads the results; this module only draws.
 """
 
 import matplotlib
@@ -11,24 +11,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks import models, report  # noqa: E402
+from benchmarks import models, tables  # noqa: E402
 from benchmarks.cases import CASES_BY_NAME, DEEPFACE_LAYERS  # noqa: E402
 
-TITLES = report.TITLES
+TITLES = tables.TITLES
 
 
-def draw(results, docs_dir):
-    """The three charts of `results` in `docs_dir` (paths: `report.CHARTS`)."""
-    runs = report.model_runs(results)
-    machine = models.best_rates(report.rate_sets(runs))
-    chart(results, docs_dir / report.CHARTS["chart"])
-    limit_chart(results, machine, docs_dir / report.CHARTS["limit_chart"])
-    chunk_curve_chart(results, machine, docs_dir / report.CHARTS["curve_chart"])
+def draw(results, paths):
+    """The three charts of `results`, at `paths` (by `report.CHARTS`' names)."""
+    runs = tables.model_runs(results)
+    machine = models.best_rates(tables.rate_sets(runs))
+    chart(results, paths["chart"])
+    limit_chart(results, machine, paths["limit_chart"])
+    chunk_curve_chart(results, machine, paths["curve_chart"])
 
 
 def limit_chart(results, machine, path):
     """Ours ÷ the machine's limit: each DeepFace layer alone and the stack."""
-    with_models = report.runs_with(report.model_runs(results), "forward", "stack")
+    with_models = tables.runs_with(tables.model_runs(results), "forward", "stack")
     if not with_models or not machine:
         return
     first = next(iter(with_models.values()))
@@ -43,10 +43,10 @@ def limit_chart(results, machine, path):
         for case, mode in cases:
             if mode:
                 entry = data["stack"][mode]
-                limit = report.stack_limit_ms(mode, entry, machine)
+                limit = tables.stack_limit_ms(mode, entry, machine)
             else:
                 entry = data["forward"][case]
-                limit = report.layer_limit_ms(case, machine)
+                limit = tables.layer_limit_ms(case, machine)
             ys.append(entry["ours_ms"] / limit)
         xs = [j + (k - (len(with_models) - 1) / 2) * width for j in range(len(cases))]
         ax.bar(xs, ys, width, label=TITLES[backend])
@@ -101,7 +101,7 @@ def chunk_curve_chart(results, machine, path):
     """Per backend, time ÷ the machine's limit against the patch bytes of one
     chunk (both log): a curve per layer and batch (`_plot_curve`), the L2 and
     L3 sizes as vertical lines."""
-    curves = report.curves(report.model_runs(results))
+    curves = tables.curves(tables.model_runs(results))
     if not curves or not machine:
         return
     batches = sorted(
@@ -120,11 +120,11 @@ def chunk_curve_chart(results, machine, path):
             _plot_curve(
                 ax,
                 curve,
-                report.curve_ratios(key, curve, machine),
+                tables.curve_ratios(key, curve, machine),
                 colors[curve["batch"]],
                 styles.get(curve["layer"], "-"),
             )
-        for (label, size), style in zip(report.caches(results.get(k, {})), (":", "-.")):
+        for (label, size), style in zip(tables.caches(results.get(k, {})), (":", "-.")):
             ax.axvline(size, color="grey", ls=style, lw=1, label=label)
         ax.axhline(1.0, color="black", lw=1, ls="--", label="limit")
         ax.set_xscale("log")
@@ -155,11 +155,11 @@ def chart(results, path):
         case_names = [c for c in result["cases"] if c in CASES_BY_NAME]
         width = 0.8 / max(len(names), 1)
         for k, name in enumerate(names):
-            role = report.role_of(result, name)
+            role = tables.role_of(result, name)
             xs, ys = [], []
             for j, case_name in enumerate(case_names):
                 timings = result["cases"][case_name]
-                floor = dict(report.by_role(result, case_name, "floor"))
+                floor = dict(tables.by_role(result, case_name, "floor"))
                 if "fwd_bwd_ms" not in timings.get(name, {}) or not floor:
                     continue
                 f = next(iter(floor.values()))["fwd_bwd_ms"]
@@ -170,7 +170,7 @@ def chart(results, path):
                 shade = plt.cm.Reds(
                     0.85
                     - 0.2
-                    * sum(1 for n in names[:k] if report.role_of(result, n) == "anchor")
+                    * sum(1 for n in names[:k] if tables.role_of(result, n) == "anchor")
                 )
             ax.bar(xs, ys, width, label=name, color=shade)
         ax.axhline(1.0, color="black", lw=1, ls="--", label="floor (batched matmul)")
