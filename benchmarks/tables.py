@@ -253,12 +253,6 @@ def _case_row(backend, case, result, machine):
         "memory ÷ anchor": _ratio(o.get("step_peak_mb"), a.get("step_peak_mb")),
         "build s": o.get("build_s"),
     }
-    missed = [
-        target.label
-        for target in TARGETS
-        if target.applies("cases", case.name, backend)
-        and target.missed(measures[target.measure])
-    ]
 
     def speedup(key):
         if key not in a and "timeout_s" in a:
@@ -281,7 +275,7 @@ def _case_row(backend, case, result, machine):
         f"{_memory_cell(o)} / {_memory_cell(a)} "
         f"({_fmt_ratio(measures['memory ÷ anchor'])})",
         f"{build(o)} / {build(a)}",
-        ", ".join(missed) or "none",
+        missed("cases", case.name, backend, measures),
     ]
 
 
