@@ -247,11 +247,17 @@ def compiled(backend, fn):
 
 
 def block(backend, value):
-    """`value` once it exists: JAX and TensorFlow return before they finish."""
+    """`value` once it exists: JAX and TensorFlow return before they finish,
+    and so does torch on a GPU (its CPU ops run to completion)."""
     if backend == "jax":
         import jax
 
         return jax.block_until_ready(value)
     if backend == "tensorflow":
         return value.numpy()
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
     return value
