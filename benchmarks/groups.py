@@ -1,7 +1,7 @@
 """Position groups on DeepFace's L4: the range between Conv2D and the layer.
 
-In the process of one backend, at batch 1, 8 and 32, interleaved (as
-`models._side_by_side` times the DeepFace layers): `model.predict_on_batch`
+In the process of one backend, at batch 1, 8 and 32, side by side
+(`harness.SideBySide`, as the DeepFace layers are timed): `model.predict_on_batch`
 of a one-layer model with L4's shape (a 63x63x16 input, 9x9 windows, 16
 filters, 55x55 output positions) as
 
@@ -20,10 +20,9 @@ every grouping: each position still contracts its patch with a kernel) at
 the GEMM rate.
 """
 
-import functools
 import math
 
-from benchmarks import models
+from benchmarks import harness, models
 from benchmarks.cases import DEEPFACE_LAYERS
 
 SHAPE = DEEPFACE_LAYERS[0]  # L4
@@ -51,7 +50,7 @@ def limit_ms(shape, position_groups, batch, rates):
     """The forward limit of `shape` with its `group_count` kernels."""
     kernel = group_count(shape, position_groups) * shape.patch_size * shape.filters
     moved = 4 * kernel + shape.activation_bytes(batch)
-    return models._limit_ms(moved, shape.flops(batch), rates)
+    return models.limit_ms(moved, shape.flops(batch), rates)
 
 
 def _model(shape, position_groups=None, conv=False):
@@ -83,16 +82,9 @@ def time_groups(rates, shape=SHAPE, batches=BATCHES, rounds=ROUNDS, budget_s=BUD
             name: group_count(shape, groups) for name, groups in GROUPINGS.items()
         },
     }
+    side_by_side = harness.SideBySide(built, (shape,), rounds, budget_s)
     for batch in batches:
-        x, _ = models._inputs_and_targets((shape,), batch)
-        ms = models._interleaved(
-            {
-                name: functools.partial(model.predict_on_batch, x)
-                for name, model in built.items()
-            },
-            rounds,
-            budget_s,
-        )
+        ms = side_by_side.median_ms("inference", batch)
         entry = {f"{name}_ms": value for name, value in ms.items()}
         for name, groups in GROUPINGS.items():
             entry[f"{name}_limit_ms"] = limit_ms(shape, groups, batch, rates)

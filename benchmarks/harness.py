@@ -5,7 +5,9 @@ The one copy of what `run.py`, `models.py` and `transpose.py` share:
 - timing: `timed` (seconds of one call), `interleaved_rounds` (every step
   once per round, until the rounds have used the budget: `models.py` and
   `transpose.py`), `rounds_per_step_budget` (each step leaves the rounds once
-  it has used its own budget: `run.py`) and `median_ms`;
+  it has used its own budget: `run.py`), `median_ms` and `interleaved_ms`;
+- compiled Keras models side by side: `SideBySide` (what `models.py`,
+  `groups.py` and `quantization.py` time), on `inputs_and_targets`;
 - peak memory: `step_peak_mb`, read from Linux's ``/proc/self``;
 - the backend: `backend` (``$KERAS_BACKEND``, checked), `backend_version`,
   `versions`, `onednn_enabled` (TensorFlow's own word, from a fresh
@@ -22,6 +24,8 @@ import subprocess
 import sys
 import time
 from importlib import metadata
+
+import numpy as np
 
 # --------------------------------------------------------------------------
 # Timing
@@ -75,6 +79,62 @@ def rounds_per_step_budget(steps, min_samples, budget_s, max_rounds):
         for name in active:
             samples[name].append(timed(steps[name]))
     return samples
+
+
+def interleaved_ms(steps, rounds, budget_s):
+    """Median ms per named step, rounds interleaved, after two warm-up calls;
+    at least 3 rounds, then up to `rounds` while `budget_s` lasts."""
+    samples = interleaved_rounds(steps, rounds, budget_s, min_rounds=3)
+    return {name: median_ms(values) for name, values in samples.items()}
+
+
+# --------------------------------------------------------------------------
+# Compiled Keras models, side by side
+# --------------------------------------------------------------------------
+
+
+def inputs_and_targets(shapes, batch, seed=0):
+    """Random float32 inputs of the first of `shapes` and targets shaped as
+    the last one's output, at `batch`."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *shapes[0].input_shape[1:]), dtype=np.float32)
+    last = shapes[-1]
+    y = rng.standard_normal(
+        (batch, *last.output_spatial, last.filters), dtype=np.float32
+    )
+    return x, y
+
+
+class SideBySide:
+    """Compiled Keras models of one input, timed together.
+
+    `models` maps a name (the results' key) to a model whose input is that
+    of `shapes[0]` and whose output is that of `shapes[-1]`; `median_ms(mode,
+    batch)` times one step of each (``"inference"``: `predict_on_batch`,
+    ``"training"``: `train_on_batch`) in interleaved rounds
+    (`interleaved_ms`), so that load from elsewhere hits all alike.
+    """
+
+    STEPS = {
+        "inference": lambda model, x, y: model.predict_on_batch(x),
+        "training": lambda model, x, y: model.train_on_batch(x, y),
+    }
+
+    def __init__(self, models, shapes, rounds=9, budget_s=15.0):
+        self.models = models
+        self.shapes = shapes
+        self.rounds = rounds
+        self.budget_s = budget_s
+
+    def median_ms(self, mode, batch):
+        """``{name: ms}`` of one `mode` step of each model at `batch`."""
+        x, y = inputs_and_targets(self.shapes, batch)
+        step = self.STEPS[mode]
+        steps = {
+            name: (lambda model=model: step(model, x, y))
+            for name, model in self.models.items()
+        }
+        return interleaved_ms(steps, self.rounds, self.budget_s)
 
 
 # --------------------------------------------------------------------------
@@ -187,11 +247,17 @@ def compiled(backend, fn):
 
 
 def block(backend, value):
-    """`value` once it exists: JAX and TensorFlow return before they finish."""
+    """`value` once it exists: JAX and TensorFlow return before they finish,
+    and so does torch on a GPU (its CPU ops run to completion)."""
     if backend == "jax":
         import jax
 
         return jax.block_until_ready(value)
     if backend == "tensorflow":
         return value.numpy()
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
     return value

@@ -44,20 +44,22 @@ CPUs without AVX-512 (this machine), and its batched matmul then runs on
 Eigen.
 """
 
-import functools
+import importlib.util
 import math
 
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.cases import DEEPFACE_LAYERS, REGIMES
+from benchmarks.cases import DEEPFACE_LAYERS, REGIMES, residual_pads
 
 BATCHES = (1, 8, 32)
 STACK_INFERENCE_BATCH = 8
 STACK_TRAINING_BATCH = 32
 
 
-def _limit_ms(moved_bytes, flops, rates):
+def limit_ms(moved_bytes, flops, rates):
+    """ms to move `moved_bytes` once at the stream rate of `rates`, or to
+    compute `flops` at its GEMM rate, whichever takes longer."""
     return (
         max(
             moved_bytes / rates["stream_bytes_per_s"],
@@ -70,7 +72,7 @@ def _limit_ms(moved_bytes, flops, rates):
 def forward_limit_ms(shapes, batch, rates):
     """Each kernel, input and output moved once, or the FLOPs at GEMM rate."""
     moved = sum(s.kernel_bytes() + s.activation_bytes(batch) for s in shapes)
-    return _limit_ms(moved, sum(s.flops(batch) for s in shapes), rates)
+    return limit_ms(moved, sum(s.flops(batch) for s in shapes), rates)
 
 
 def training_limit_ms(shapes, batch, rates):
@@ -79,7 +81,7 @@ def training_limit_ms(shapes, batch, rates):
     activations and their gradients moved once each; 3x the forward FLOPs
     (forward, input gradient, kernel gradient)."""
     moved = sum(3 * s.kernel_bytes() + 2 * s.activation_bytes(batch) for s in shapes)
-    return _limit_ms(moved, 3 * sum(s.flops(batch) for s in shapes), rates)
+    return limit_ms(moved, 3 * sum(s.flops(batch) for s in shapes), rates)
 
 
 # The limit of each kind of step, by the name the results give it.
@@ -200,81 +202,74 @@ def best_rates(rate_sets):
 # --------------------------------------------------------------------------
 
 
-def _compiled_model(keras_module, layers_module, shapes, seed, **layer_kwargs):
-    """`shapes` stacked as `layers_module`'s ``LocallyConnected{rank}D``
-    layers in a `keras_module` model, compiled with SGD and an mse loss."""
+def _compiled_model(
+    keras_module, layers_module, shapes, seed, residual=False, **layer_kwargs
+):
+    """`shapes` as `layers_module`'s ``LocallyConnected{rank}D`` layers in a
+    `keras_module` model, compiled with SGD and an mse loss: stacked, or
+    where `residual` (1D), each added to its own zero-padded input
+    (`cases.residual_pads`)."""
     keras_module.utils.set_random_seed(seed)
-    inputs = keras_module.Input(shapes[0].input_shape[1:])
+    first = shapes[0]
+    spatial = first.output_spatial if residual else first.spatial
+    inputs = keras_module.Input((*spatial, first.channels))
     x = inputs
     for shape in shapes:
-        layer = getattr(layers_module, f"LocallyConnected{shape.rank}D")
-        x = layer(
+        layer = getattr(layers_module, f"LocallyConnected{shape.rank}D")(
             shape.filters,
             shape.kernel_size,
             strides=shape.strides,
             padding=shape.padding,
             **layer_kwargs,
-        )(x)
+        )
+        if residual:
+            padded = keras_module.layers.ZeroPadding1D(residual_pads(shape))(x)
+            x = keras_module.layers.Add()([x, layer(padded)])
+        else:
+            x = layer(x)
     model = keras_module.Model(inputs, x)
     model.compile(optimizer=keras_module.optimizers.SGD(1e-4), loss="mse")
     return model
 
 
-def _keras3_model(shapes, seed=0):
+def keras3_model(shapes, seed=0, residual=False):
     """`shapes` as this package's layers, in a Keras 3 model."""
     import keras
 
     import keras_localconn
 
-    return _compiled_model(keras, keras_localconn, shapes, seed)
+    return _compiled_model(keras, keras_localconn, shapes, seed, residual)
 
 
-def _keras2_model(shapes, seed=0):
-    """`shapes` as tf.keras 2's layers with ``implementation=1``."""
+def keras2_model(shapes, seed=0, residual=False, implementation=1):
+    """`shapes` as tf.keras 2's layers with `implementation`."""
     import tf_keras
 
-    return _compiled_model(tf_keras, tf_keras.layers, shapes, seed, implementation=1)
-
-
-MODEL_BUILDERS = {"ours": _keras3_model, "tf.keras 2 implementation=1": _keras2_model}
-
-
-def _inputs_and_targets(shapes, batch, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, *shapes[0].input_shape[1:]), dtype=np.float32)
-    last = shapes[-1]
-    y = rng.standard_normal(
-        (batch, *last.output_spatial, last.filters), dtype=np.float32
+    return _compiled_model(
+        tf_keras,
+        tf_keras.layers,
+        shapes,
+        seed,
+        residual,
+        implementation=implementation,
     )
-    return x, y
 
 
-def _interleaved(steps, rounds, budget_s):
-    """Median ms per named step, rounds interleaved, after two warm-up calls;
-    at least 3 rounds, then up to `rounds` while `budget_s` lasts."""
-    samples = harness.interleaved_rounds(steps, rounds, budget_s, min_rounds=3)
-    return {name: harness.median_ms(v) for name, v in samples.items()}
+def keras2_missing():
+    """Why tf.keras 2 cannot be timed here (not installed), or None."""
+    if importlib.util.find_spec("tf_keras") is None:
+        return "tf-keras is not installed in this environment"
+    return None
 
 
-# One step of a compiled model on inputs `x` and targets `y`, by the name the
-# results give it.
-_STEPS = {
-    "inference": lambda model, x, y: model.predict_on_batch(x),
-    "training": lambda model, x, y: model.train_on_batch(x, y),
-}
+MODEL_BUILDERS = {"ours": keras3_model, "tf.keras 2 implementation=1": keras2_model}
 
 
 def _side_by_side(models, shapes, batch, mode, rates, rounds, budget_s):
-    """`mode` (a key of `_STEPS`) of each named model of `shapes` at `batch`,
-    interleaved (`_interleaved`): ``{"batch", "<name>_ms", ..., "limit_ms"}``,
-    the limit at `rates`."""
-    x, y = _inputs_and_targets(shapes, batch)
-    step = _STEPS[mode]
-    ms = _interleaved(
-        {name: functools.partial(step, model, x, y) for name, model in models.items()},
-        rounds,
-        budget_s,
-    )
+    """`mode` (a step of `harness.SideBySide`) of each named model of
+    `shapes` at `batch`, interleaved: ``{"batch", "<name>_ms", ...,
+    "limit_ms"}``, the limit at `rates`."""
+    ms = harness.SideBySide(models, shapes, rounds, budget_s).median_ms(mode, batch)
     return {
         "batch": batch,
         **{f"{name}_ms": value for name, value in ms.items()},
@@ -282,32 +277,23 @@ def _side_by_side(models, shapes, batch, mode, rates, rounds, budget_s):
     }
 
 
-def _patch_rows(shape):
-    """Input row of every (position, kernel offset) of a stride-1 2D layer,
-    position-major: the gather that builds the patches."""
-    height, width = shape.spatial
-    out_h, out_w = shape.output_spatial
-    kh, kw = shape.kernel_size
-    oy, ox, ky, kx = np.meshgrid(
-        np.arange(out_h), np.arange(out_w), np.arange(kh), np.arange(kw), indexing="ij"
-    )
-    return ((oy + ky) * width + (ox + kx)).reshape(-1).astype("int32")
-
-
 def time_parts(backend, rates, rounds=7):
     """Keras' per-call cost, then L4's gather and contraction, each alone."""
     import keras
     from keras import ops
 
+    from keras_localconn import _shapes
+
     shape = DEEPFACE_LAYERS[0]
     rng = np.random.default_rng(0)
     inputs = keras.Input(DEEPFACE_LAYERS[2].input_shape[1:])
     identity = keras.Model(inputs, keras.layers.Identity()(inputs))
-    x, _ = _inputs_and_targets((DEEPFACE_LAYERS[2],), 1)
+    x, _ = harness.inputs_and_targets((DEEPFACE_LAYERS[2],), 1)
     parts = {
         "dispatch_ms": _median_ms(lambda: identity.predict_on_batch(x), 3 * rounds)
     }
-    rows = ops.convert_to_tensor(_patch_rows(shape))
+    # The engine's own gather rows: every (position, kernel offset)'s input row.
+    rows = ops.convert_to_tensor(_shapes.gather_rows(shape.geometry))
     kernel = ops.convert_to_tensor(
         rng.standard_normal(
             (shape.positions, shape.patch_size, shape.filters), dtype=np.float32
@@ -352,7 +338,7 @@ def time_models(backend, rounds=9, budget_s=20.0):
             # A model per batch: Keras on TensorFlow retraces a model called
             # at several batch sizes for any batch, and the engine then
             # schedules for an assumed one.
-            model = {"ours": _keras3_model((shape,))}
+            model = {"ours": keras3_model((shape,))}
             entry = _side_by_side(
                 model, (shape,), batch, "inference", rates, rounds, budget_s
             )
@@ -361,10 +347,9 @@ def time_models(backend, rounds=9, budget_s=20.0):
                 f"    {shape.name} batch {batch}: {entry['ours_ms']:.1f} ms, "
                 f"limit {entry['limit_ms']:.1f} ms"
             )
-    both = {
-        "ours": _keras3_model(DEEPFACE_LAYERS),
-        "keras2": _keras2_model(DEEPFACE_LAYERS),
-    }
+    both = {"ours": keras3_model(DEEPFACE_LAYERS)}
+    if keras2_missing() is None:  # absent where only a backend is installed
+        both["keras2"] = keras2_model(DEEPFACE_LAYERS)
     stack = {
         mode: _side_by_side(both, DEEPFACE_LAYERS, batch, mode, rates, rounds, budget_s)
         for mode, batch in (
@@ -400,17 +385,18 @@ def time_regimes(rates, shapes=REGIMES, rounds=REGIME_ROUNDS, budget_s=REGIME_BU
     beside tf.keras 2 where it is timed; a JSON-ready dict by case name."""
     timed = {}
     for shape in shapes:
-        models = {"ours": _keras3_model((shape,))}
-        if not shape.keras2_skipped:
-            models["keras2"] = _keras2_model((shape,))
+        models = {"ours": keras3_model((shape,))}
+        keras2_skipped = shape.keras2_skipped or keras2_missing()
+        if not keras2_skipped:
+            models["keras2"] = keras2_model((shape,))
         entry = {
             mode: _side_by_side(
                 models, (shape,), shape.batch, mode, rates, rounds, budget_s
             )
-            for mode in _STEPS
+            for mode in harness.SideBySide.STEPS
         }
-        if shape.keras2_skipped:
-            entry["keras2_skipped"] = shape.keras2_skipped
+        if keras2_skipped:
+            entry["keras2_skipped"] = keras2_skipped
         timed[shape.name] = entry
         print(f"    {shape.name}: {entry}", flush=True)
     return timed
@@ -497,20 +483,12 @@ def _chunk_curve(backend, shape, batch, kernel, rates, rounds, budget_s):
     of `curve_chunks`, in interleaved rounds, and the default's pick."""
     from keras import ops
 
-    from keras_localconn import _arguments, _schedule
+    from keras_localconn import _schedule
     from keras_localconn.ops import formulation
 
-    geo = _arguments.standardize_geometry(
-        shape.spatial,
-        shape.channels,
-        shape.kernel_size,
-        shape.strides,
-        shape.padding,
-        1,
-        "benchmarks",
-    )
+    geo = shape.geometry
     default = _schedule.formulation(geo, batch, "float32", shape.filters)
-    x, _ = _inputs_and_targets((shape,), batch)
+    x, _ = harness.inputs_and_targets((shape,), batch)
     x = ops.convert_to_tensor(x)
     steps = {}
     for chunk in curve_chunks(geo.num_positions, default.chunk):
@@ -520,7 +498,7 @@ def _chunk_curve(backend, shape, batch, kernel, rates, rounds, budget_s):
             pinned = _schedule.formulation(geo, batch, "float32", shape.filters)
         forward = _engine_forward(backend, shape, pinned)
         steps[chunk] = lambda f=forward: harness.block(backend, f(x, kernel))
-    ms = _interleaved(steps, rounds, budget_s)
+    ms = harness.interleaved_ms(steps, rounds, budget_s)
     patch_bytes = geo.patch_size * batch * 4  # of one position
     return {
         "layer": shape.name,
@@ -580,7 +558,7 @@ def training_step_peak_mb(model_name):
     """Runs in a fresh subprocess: peak MB of one batch-32 training step of
     the L4-L6 stack above what is resident before it, and the kernels' MB."""
     model = MODEL_BUILDERS[model_name](DEEPFACE_LAYERS)
-    x, y = _inputs_and_targets(DEEPFACE_LAYERS, STACK_TRAINING_BATCH)
+    x, y = harness.inputs_and_targets(DEEPFACE_LAYERS, STACK_TRAINING_BATCH)
     model.train_on_batch(x, y)
     model.train_on_batch(x, y)
     peak_mb, _ = harness.step_peak_mb(lambda: model.train_on_batch(x, y))

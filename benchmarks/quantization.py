@@ -1,8 +1,8 @@
 """Quantized DeepFace layers: int8, weight-only int8 and int4 beside float32.
 
 In the process of one backend, for each of DeepFace's L4, L5 and L6 at
-batch 1, 8 and 32, interleaved (as `models._side_by_side` times the DeepFace
-layers): `model.predict_on_batch` of a one-layer model with the layer's
+batch 1, 8 and 32, side by side (`harness.SideBySide`, as the DeepFace
+layers are timed): `model.predict_on_batch` of a one-layer model with the layer's
 shape, as
 
 - ``float32``: the float layer, as the DeepFace part times it;
@@ -21,9 +21,7 @@ Needs Keras >= 3.13 (the quantization configs); on an older Keras the part
 records why it did not run.
 """
 
-import functools
-
-from benchmarks import models
+from benchmarks import harness, models
 from benchmarks.cases import DEEPFACE_LAYERS
 
 SHAPES = DEEPFACE_LAYERS
@@ -54,7 +52,7 @@ def limit_ms(shape, mode, batch, rates):
     """The forward limit of `shape` when its kernel weighs what `mode`
     stores (FLOAT: `models.forward_limit_ms`)."""
     moved = stored_bytes(shape, mode) + shape.activation_bytes(batch)
-    return models._limit_ms(moved, shape.flops(batch), rates)
+    return models.limit_ms(moved, shape.flops(batch), rates)
 
 
 def _config(mode):
@@ -110,21 +108,14 @@ def time_quantization(
     for shape in shapes:
         built = {mode: _model(shape, mode) for mode in (FLOAT, *MODES)}
         layer_record = {}
+        side_by_side = harness.SideBySide(built, (shape,), rounds, budget_s)
         for batch in batches:
-            x, _ = models._inputs_and_targets((shape,), batch)
-            ms = models._interleaved(
-                {
-                    mode: functools.partial(model.predict_on_batch, x)
-                    for mode, model in built.items()
-                },
-                rounds,
-                budget_s,
-            )
+            ms = side_by_side.median_ms("inference", batch)
             entry = {f"{mode}_ms": value for mode, value in ms.items()}
             for mode in built:
                 entry[f"{mode}_limit_ms"] = limit_ms(shape, mode, batch, rates)
             layer_record[f"b{batch}"] = entry
             print(f"    {shape.name} b{batch}: {entry}", flush=True)
         record[shape.name] = layer_record
-        del built
+        del built, side_by_side  # the next layer's models need the memory
     return record

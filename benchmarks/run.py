@@ -20,19 +20,24 @@ forward pass against the limit they set (``--no-models`` skips all three);
 the page holds them against the machine's limit, the best rates of every
 backend's run. On TensorFlow, where oneDNN is off by default, DeepFace's
 layers are timed a second time in a fresh process with
-``TF_ENABLE_ONEDNN_OPTS=1``. ``results["machine"]`` holds CPU 0's caches (from
-sysfs), which the chunk-size chart marks.
+``TF_ENABLE_ONEDNN_OPTS=1``. ``results["machine"]`` holds CPU 0's data caches
+(as ``keras_localconn._machine`` reads them), which the chunk-size chart marks.
 
 After them, ``groups.py`` times DeepFace's L4 with position groups
 (blocks of 2x2 and 4x4, one group) beside the ungrouped layer and
-``keras.layers.Conv2D``, and ``quantization.py`` DeepFace's layers quantized
-(int8, weight-only int8, int4) beside float32 and its limit.
+``keras.layers.Conv2D``, ``quantization.py`` DeepFace's layers quantized
+(int8, weight-only int8, int4) beside float32 and its limit, and
+``genomics.py`` the genomics models (``cases.GENOMICS``) against their
+limit; in the TensorFlow run, also tf.keras 2's models of them
+(``implementation=1`` and ``=3``), each in a fresh process with a time limit.
 
 Options: ``--only PARTS`` (comma-separated, of ``cases``, ``deepface``,
-``regimes``, ``chunk-curve``, ``groups``, ``quantize``; default all) picks
-the parts; ``--cases a,b``, ``--impls substring``, ``--regimes a,b``,
-``--curve-layers L4,L5`` and ``--curve-batches 1,8`` restrict them;
-``--budget SECONDS`` is the timing budget per shape and mode of the cases;
+``regimes``, ``chunk-curve``, ``groups``, ``quantize``, ``genomics``; default
+all) picks the parts; ``--cases a,b``, ``--impls substring``, ``--regimes
+a,b``, ``--genomics a,b``, ``--curve-layers L4,L5`` and ``--curve-batches
+1,8`` restrict them; ``--budget SECONDS`` is the timing budget per shape and
+mode of the cases and of the genomics models; ``--keras2-timeout SECONDS``
+limits each tf.keras 2 genomics process (0: none is started);
 ``--no-memory`` skips the subprocesses; ``--report-only`` only rewrites
 the page;
 ``--results DIR`` and ``--docs DIR`` put the results and the page elsewhere
@@ -53,8 +58,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks import groups, harness, models, quantization, report
-from benchmarks.cases import CASES, DEEPFACE_LAYERS, REGIMES
+from benchmarks import genomics, groups, harness, models, quantization, report
+from benchmarks.cases import CASES, DEEPFACE_LAYERS, GENOMICS, REGIMES
 from benchmarks.impls import IMPLS, case_arrays, floor_arrays, warm_up_backend
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -79,8 +84,17 @@ def _select(shapes, names=None):
 
 
 # What a run times, in this order: `cases.CASES` here, then models.py's
-# DeepFace layers, other fields' regimes and the chunk-size curve.
-PARTS = ("cases", "deepface", "regimes", "chunk-curve", "groups", "quantize")
+# DeepFace layers, other fields' regimes and the chunk-size curve, position
+# groups, the quantized layers and the genomics models.
+PARTS = (
+    "cases",
+    "deepface",
+    "regimes",
+    "chunk-curve",
+    "groups",
+    "quantize",
+    "genomics",
+)
 MODEL_PARTS = PARTS[1:]
 
 
@@ -230,6 +244,17 @@ def run_models_with_onednn():
     return _run_json_child(["--child-models"], 1800, TF_ENABLE_ONEDNN_OPTS="1")
 
 
+def run_keras2_child(case, implementation, timeout_s):
+    """`genomics.keras2_record` of `case` in a fresh process, or why not."""
+    reason = case.keras2_skipped.get(implementation) or models.keras2_missing()
+    if reason:
+        return {"skipped": reason}
+    if timeout_s <= 0:
+        return {"skipped": "not run (--keras2-timeout 0)"}
+    arguments = ["--child-keras2", case.name, str(implementation)]
+    return _run_json_child(arguments, timeout_s, **_MEMORY_ENV)
+
+
 def run_model_child(model_name):
     """`models.training_step_peak_mb` in a fresh process (same environment)."""
     return _run_json_child(["--child-model", model_name], 600, **_MEMORY_ENV)
@@ -251,39 +276,25 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-_CACHE_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}
-CPU0_CACHES = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")
-
-
-def _size_bytes(text):
-    """Bytes of a sysfs cache size: ``"32K"``, ``"1024K"``, ``"32M"``."""
-    return (
-        int(text[:-1]) * _CACHE_UNITS[text[-1]]
-        if text[-1] in _CACHE_UNITS
-        else int(text)
-    )
-
-
 def cpu_caches():
-    """The caches of CPU 0, from Linux's sysfs: level, type, size and the
-    CPUs that share each (``shared_cpu_list``); [] where sysfs lacks them."""
+    """CPU 0's data and unified caches, found as the package finds them
+    (`keras_localconn._machine`, from Linux's sysfs): level, type, size and
+    the CPUs that share each (``shared_cpu_list``); [] where sysfs lacks them."""
+    from keras_localconn import _machine
+
     caches = []
-    for index in sorted(CPU0_CACHES.glob("index*")):
+    for level, index in _machine._sysfs_data_caches(_machine._SYSFS_CACHE):
         try:
-            fields = {
-                name: (index / name).read_text().strip()
-                for name in ("level", "type", "size", "shared_cpu_list")
-            }
-        except OSError:
+            caches.append(
+                {
+                    "level": level,
+                    "type": (index / "type").read_text().strip(),
+                    "size_bytes": _machine._parse_size((index / "size").read_text()),
+                    "shared_cpu_list": (index / "shared_cpu_list").read_text().strip(),
+                }
+            )
+        except (OSError, ValueError):
             continue
-        caches.append(
-            {
-                "level": int(fields["level"]),
-                "type": fields["type"],
-                "size_bytes": _size_bytes(fields["size"]),
-                "shared_cpu_list": fields["shared_cpu_list"],
-            }
-        )
     return caches
 
 
@@ -344,11 +355,27 @@ def _deepface(backend, args):
     return record
 
 
+def _genomics(backend, rates, args):
+    """`genomics.time_genomics`; in the TensorFlow run (tf.keras 2 runs on
+    TensorFlow whatever the backend: once is enough), tf.keras 2's models of
+    the same cases, each in a fresh process (`run_keras2_child`)."""
+    cases = _select(GENOMICS, args.genomics)
+    record = genomics.time_genomics(rates, cases, args.budget)
+    if backend == "tensorflow":
+        for case in cases:
+            record[case.name]["keras2"] = {
+                genomics.keras2_name(i): run_keras2_child(case, i, args.keras2_timeout)
+                for i in genomics.KERAS2_IMPLEMENTATIONS
+            }
+            print(f"    tf.keras 2: {record[case.name]['keras2']}", flush=True)
+    return record
+
+
 def time_model_parts(backend, parts, args):
     """The rates, then models.py's `parts` (DeepFace's layers and their
     training memory, the regimes, the chunk-size curve, position groups,
-    the quantized layers); a JSON-ready dict with the wall seconds of each
-    part under ``part_wall_s``."""
+    the quantized layers, the genomics models); a JSON-ready dict with the
+    wall seconds of each part under ``part_wall_s``."""
     if "deepface" in parts:
         record, seconds = _wall_s(_deepface, backend, args)
         record["part_wall_s"] = {"deepface": seconds}
@@ -377,6 +404,11 @@ def time_model_parts(backend, parts, args):
         print(f"[{backend}] DeepFace's layers quantized", flush=True)
         record["quantization"], record["part_wall_s"]["quantize"] = _wall_s(
             quantization.time_quantization, rates
+        )
+    if "genomics" in parts:
+        print(f"[{backend}] genomics models", flush=True)
+        record["genomics"], record["part_wall_s"]["genomics"] = _wall_s(
+            _genomics, backend, rates, args
         )
     print(f"    seconds per part: {record['part_wall_s']}", flush=True)
     return record
@@ -413,6 +445,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"))
     parser.add_argument("--child-model", metavar="MODEL")
+    parser.add_argument("--child-keras2", nargs=2, metavar=("CASE", "IMPLEMENTATION"))
     parser.add_argument("--child-models", action="store_true")
     parser.add_argument(
         "--no-models", action="store_true", help="skip all of models.py"
@@ -424,6 +457,13 @@ def main():
         help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)",
     )
     parser.add_argument("--regimes", help="comma-separated names of cases.REGIMES")
+    parser.add_argument("--genomics", help="comma-separated names of cases.GENOMICS")
+    parser.add_argument(
+        "--keras2-timeout",
+        type=float,
+        default=genomics.KERAS2_TIMEOUT_S,
+        help="seconds per tf.keras 2 genomics process (0: none)",
+    )
     parser.add_argument(
         "--curve-layers", help="comma-separated DeepFace layers of the curve"
     )
@@ -454,6 +494,10 @@ def main():
         return
     if args.child_model:
         print(json.dumps(models.training_step_peak_mb(args.child_model)))
+        return
+    if args.child_keras2:
+        (case,) = _select(GENOMICS, args.child_keras2[0])
+        print(json.dumps(genomics.keras2_record(case, int(args.child_keras2[1]))))
         return
     if args.child_models:
         print(json.dumps(models.time_models(harness.backend())))
