@@ -109,7 +109,8 @@ class LocalQuantization:
     The layer provides `_kernel` (its stored kernel), `_owner`, `bias`,
     `call` (which computes with `_engine_kernel()`), and, from
     `LocalLoRA`, `lora_enabled`, `_lora_delta()` and `kernel` (merged with
-    LoRA).
+    LoRA); its constructor sets `quantization_config` and
+    `inputs_quantizer` (None).
     """
 
     # The modes a layer family implements, and the axes of its kernel: the
@@ -119,11 +120,6 @@ class LocalQuantization:
     _quantization_modes = SUPPORTED_MODES
     _contracted_axis = 1
     _output_axis = 2
-
-    def __init__(self, *args, quantization_config=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.quantization_config = quantization_config
-        self.inputs_quantizer = None
 
     # ------------------------------------------------------------------
     # quantize
@@ -319,9 +315,7 @@ class LocalQuantization:
 
     def _quantized_with_lora(self):
         """Whether the layer is quantized and has LoRA enabled (QLoRA)."""
-        return self.quantization_mode is not None and getattr(
-            self, "lora_enabled", False
-        )
+        return self.quantization_mode is not None and self.lora_enabled
 
     def _dequantized_kernel(self):
         """The float kernel ``(P, K, F)`` (compute dtype) that the quantized
