@@ -280,11 +280,11 @@ def _refuse_quantized(lc_layer, owner):
 def _position_weights(lc_layer):
     """``(P or T,)`` float32: the share of the output positions each kernel
     of `lc_layer` serves (``1 / P`` each, without groups)."""
-    grouping = lc_layer._built_grouping
-    if grouping is None:
-        count = lc_layer.kernel.shape[0]
+    groups = lc_layer.output_position_groups
+    count = lc_layer.kernel.shape[0]
+    if groups is None:
         return np.full((count,), 1 / count, dtype="float32")
-    sizes = np.bincount(grouping.groups, minlength=grouping.count)
+    sizes = np.bincount(groups, minlength=count)
     return (sizes / sizes.sum()).astype("float32")
 
 
@@ -342,11 +342,11 @@ def untie(lc_layer):
     config = {**lc_layer.get_config(), "position_groups": None}
     untied = type(lc_layer).from_config(config)
     untied.build(input_shape)
-    grouping = lc_layer._built_grouping
+    groups = lc_layer.output_position_groups
     kernel = ops.convert_to_tensor(lc_layer.kernel)
     bias = lc_layer.bias
-    if grouping is not None:
-        groups = ops.convert_to_tensor(grouping.groups.astype("int32"))
+    if groups is not None:
+        groups = ops.convert_to_tensor(groups.astype("int32"))
         kernel = ops.take(kernel, groups, axis=0)
         if bias is not None:
             bias = ops.take(bias, groups, axis=0)

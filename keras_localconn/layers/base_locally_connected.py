@@ -4,6 +4,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from keras import quantizers
 from keras.constraints import Constraint
 from keras.initializers import Initializer
@@ -124,6 +125,22 @@ class BaseLocallyConnected(LocalBase):
             self._owner,
         )
         super().build(input_shape)
+
+    @property
+    def output_position_groups(self) -> np.ndarray | None:
+        """The kernel of every output position, row-major: ``(P,)`` int64
+        indices into the kernel's first axis, for the input shape the layer
+        was built for; None where every position has its own kernel (no
+        `position_groups`)."""
+        if not self.built:
+            raise AttributeError(
+                f"{self._owner}: build the layer before accessing "
+                f"`output_position_groups` (its positions follow from the "
+                f"input shape)."
+            )
+        if self._built_grouping is None:
+            return None
+        return self._built_grouping.groups
 
     def _kernel_shape(self, geo, channels):
         if self._built_grouping is None:
