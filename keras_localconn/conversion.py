@@ -297,7 +297,9 @@ def untie(lc_layer):
     ``position_groups=None``, built for the same input shape. From there the
     positions can learn apart (start a locally connected layer from a
     trained grouped one, as `from_conv` starts one from a convolution). A
-    layer without groups gives an equal copy.
+    layer without groups gives an equal copy. A layer with LoRA enabled
+    gives a plain one (no LoRA) whose kernel is the merged kernel, so that
+    its outputs are the same.
 
     Args:
         lc_layer: a built `LocallyConnected1D`, `2D` or `3D`.
@@ -339,7 +341,10 @@ def untie(lc_layer):
             f"input) first."
         )
     _refuse_quantized(lc_layer, owner)
+    # A plain layer: with LoRA enabled, `lc_layer.kernel` is the merged one.
     config = {**lc_layer.get_config(), "position_groups": None}
+    config.pop("lora_rank", None)
+    config.pop("lora_alpha", None)
     untied = type(lc_layer).from_config(config)
     untied.build(input_shape)
     groups = lc_layer.output_position_groups
