@@ -54,10 +54,15 @@ class LocallyConnected3D(BaseLocallyConnected):
             optimizer update.
         bias_constraint: Constraint applied to the bias after each update.
         implementation: 1, 2 or 3. Accepted so that Keras 2 configs
-            deserialize; every value computes the same way here (patch
-            extraction and one batched matmul) and stores the kernel in Keras
-            2's implementation-1 layout. Keras 2 weights saved with
-            implementation 2 or 3 are converted by `keras_localconn.legacy`.
+            deserialize; every value computes the same way here and stores
+            the kernel in Keras 2's implementation-1 layout (Keras 2 weights
+            saved with implementation 2 or 3 are converted by
+            `keras_localconn.legacy`). How it computes: the engine gathers
+            patches and contracts them with their positions' kernels in
+            batched matmuls, all positions at once or in chunks, as the
+            shapes, the backend and the machine decide; one position group
+            (see `position_groups`) computes, where it can, with
+            `keras.ops.conv`.
         dilation_rate: int or tuple of 3 ints, the dilation of the kernel.
         position_groups: which output positions share a kernel. None (the
             default): each has its own. A block shape (an int or 3 positive
