@@ -15,13 +15,14 @@ PADDINGS = ("valid", "same", "causal", "circular")
 DATA_FORMATS = ("channels_last", "channels_first")
 
 
-def _is_int(value):
+def is_int(value):
+    """Whether `value` is an integer (a NumPy one too), not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def standardize_positive_int(value, name, owner):
     """`value` as a positive Python int (NumPy integers accepted)."""
-    if not _is_int(value) or value <= 0:
+    if not is_int(value) or value <= 0:
         raise ValueError(
             f"{owner}: `{name}` must be a positive integer. Received: {name}={value!r}"
         )
@@ -30,14 +31,14 @@ def standardize_positive_int(value, name, owner):
 
 def standardize_tuple(value, rank, name, owner, minimum=1):
     """`value` as a tuple of `rank` ints ``>= minimum``, or a `ValueError`."""
-    if _is_int(value):
+    if is_int(value):
         values = (int(value),) * rank
     else:
         try:
             values = tuple(value)
         except TypeError:
             values = None
-        if values is None or not all(_is_int(v) for v in values):
+        if values is None or not all(is_int(v) for v in values):
             raise ValueError(
                 f"{owner}: `{name}` must be an int or a tuple of {rank} ints. "
                 f"Received: {name}={value!r}"
@@ -92,22 +93,22 @@ def _explicit_padding(padding, rank, owner):
             f"it ({why}). Received: padding={padding!r}"
         )
 
-    if _is_int(padding):
+    if is_int(padding):
         pairs = ((padding, padding),) * rank
     elif isinstance(padding, (tuple, list)):
         items = tuple(padding)
-        if rank == 1 and len(items) == 2 and all(_is_int(v) for v in items):
+        if rank == 1 and len(items) == 2 and all(is_int(v) for v in items):
             items = (items,)  # ZeroPadding1D's (before, after)
         if len(items) != rank:
             refuse(f"one entry per spatial dimension, {len(items)} given")
         pairs = []
         for item in items:
-            if _is_int(item):
+            if is_int(item):
                 pairs.append((item, item))
             elif (
                 isinstance(item, (tuple, list))
                 and len(item) == 2
-                and all(_is_int(v) for v in item)
+                and all(is_int(v) for v in item)
             ):
                 pairs.append(tuple(item))
             else:

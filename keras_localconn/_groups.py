@@ -33,7 +33,7 @@ def standardize(position_groups, rank, owner):
     against the output shape by `group_map`."""
     if position_groups is None:
         return None
-    if _arguments._is_int(position_groups):
+    if _arguments.is_int(position_groups):
         return _arguments.standardize_tuple(
             position_groups, rank, "position_groups", owner
         )

@@ -59,6 +59,22 @@ def untrack_variable(layer, variable):
     layer._untrack_variable(variable)
 
 
+def not_implemented_error(layer, method):
+    """The `NotImplementedError` Keras raises for a `method` that `layer`
+    does not implement: the error `Model.quantize` turns into a warning, so
+    that the rest of a model is still quantized (Keras' `Dense.quantize`
+    raises the same one from its private `_not_implemented_error`)."""
+    return layer._not_implemented_error(method)
+
+
+def mark_quantized(layer):
+    """Tell Keras that `layer` holds quantized variables, as Dense's
+    `quantized_build` does: Keras' `quantize` wrapper then refuses to
+    quantize it twice, and setting a quantized `dtype_policy` does not
+    quantize it again (both read the private ``_is_quantized``)."""
+    layer._is_quantized = True
+
+
 def computes_on_accelerator():
     """Whether Keras places new tensors on a GPU, TPU or other non-CPU device.
 

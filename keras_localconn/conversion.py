@@ -280,11 +280,11 @@ def _refuse_quantized(lc_layer, owner):
 def _position_weights(lc_layer):
     """``(P or T,)`` float32: the share of the output positions each kernel
     of `lc_layer` serves (``1 / P`` each, without groups)."""
-    grouping = lc_layer._built_grouping
-    if grouping is None:
-        count = lc_layer.kernel.shape[0]
+    groups = lc_layer.output_position_groups
+    count = lc_layer.kernel.shape[0]
+    if groups is None:
         return np.full((count,), 1 / count, dtype="float32")
-    sizes = np.bincount(grouping.groups, minlength=grouping.count)
+    sizes = np.bincount(groups, minlength=count)
     return (sizes / sizes.sum()).astype("float32")
 
 
@@ -297,7 +297,9 @@ def untie(lc_layer):
     ``position_groups=None``, built for the same input shape. From there the
     positions can learn apart (start a locally connected layer from a
     trained grouped one, as `from_conv` starts one from a convolution). A
-    layer without groups gives an equal copy.
+    layer without groups gives an equal copy. A layer with LoRA enabled
+    gives a plain one (no LoRA) whose kernel is the merged kernel, so that
+    its outputs are the same.
 
     Args:
         lc_layer: a built `LocallyConnected1D`, `2D` or `3D`.
@@ -339,14 +341,17 @@ def untie(lc_layer):
             f"input) first."
         )
     _refuse_quantized(lc_layer, owner)
+    # A plain layer: with LoRA enabled, `lc_layer.kernel` is the merged one.
     config = {**lc_layer.get_config(), "position_groups": None}
+    config.pop("lora_rank", None)
+    config.pop("lora_alpha", None)
     untied = type(lc_layer).from_config(config)
     untied.build(input_shape)
-    grouping = lc_layer._built_grouping
+    groups = lc_layer.output_position_groups
     kernel = ops.convert_to_tensor(lc_layer.kernel)
     bias = lc_layer.bias
-    if grouping is not None:
-        groups = ops.convert_to_tensor(grouping.groups.astype("int32"))
+    if groups is not None:
+        groups = ops.convert_to_tensor(groups.astype("int32"))
         kernel = ops.take(kernel, groups, axis=0)
         if bias is not None:
             bias = ops.take(bias, groups, axis=0)

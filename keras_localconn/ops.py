@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_localconn import _arguments, _local_conv, _schedule, _transpose
 
@@ -128,24 +129,50 @@ def _result_dtype(inputs, kernel):
 class LocalConv(keras.Operation):
     """`local_conv` as one node of a symbolic graph.
 
-    `arguments`: `local_conv`'s, from `kernel_size` to `data_format`.
+    The arguments are `local_conv`'s, from `kernel_size` on; each is an
+    attribute of the same name, and `get_config` returns them (Keras'
+    automatic config of an `Operation`), as the operation behind
+    `keras.ops.conv` does.
     """
 
-    def __init__(self, *arguments, position_groups=None):
-        super().__init__()
-        self.arguments = arguments
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str | int | Sequence = "valid",
+        dilation_rate: int | Sequence[int] = 1,
+        data_format: str | None = None,
+        position_groups: int | Sequence | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = padding
+        self.dilation_rate = dilation_rate
+        self.data_format = data_format
         self.position_groups = position_groups
+
+    def _arguments(self):
+        return (
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation_rate,
+            self.data_format,
+        )
 
     def call(self, inputs, kernel):
         return _local_conv.local_conv(
-            inputs, kernel, *self.arguments, position_groups=self.position_groups
+            inputs, kernel, *self._arguments(), position_groups=self.position_groups
         )
 
     def compute_output_spec(self, inputs, kernel):
         geo, channels_last, _ = _local_conv.checked_geometry(
             inputs,
             kernel,
-            *self.arguments,
+            *self._arguments(),
             owner="local_conv",
             position_groups=self.position_groups,
         )
@@ -158,22 +185,57 @@ class LocalConv(keras.Operation):
 class LocalConvTranspose(keras.Operation):
     """`local_conv_transpose` as one node of a symbolic graph.
 
-    `arguments`: `local_conv_transpose`'s, from `kernel_size` to `data_format`.
+    The arguments are `local_conv_transpose`'s, from `kernel_size` on; each
+    is an attribute of the same name, and `get_config` returns them, as
+    the operation behind `keras.ops.conv_transpose` does.
     """
 
-    def __init__(self, *arguments):
-        super().__init__()
-        self.arguments = arguments
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str = "valid",
+        output_padding: int | Sequence[int] | None = None,
+        dilation_rate: int | Sequence[int] = 1,
+        data_format: str | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = padding
+        self.output_padding = output_padding
+        self.dilation_rate = dilation_rate
+        self.data_format = data_format
+
+    def _arguments(self):
+        return (
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.output_padding,
+            self.dilation_rate,
+            self.data_format,
+        )
 
     def call(self, inputs, kernel):
-        return _transpose.local_conv_transpose(inputs, kernel, *self.arguments)
+        return _transpose.local_conv_transpose(inputs, kernel, *self._arguments())
 
     def compute_output_spec(self, inputs, kernel):
         geo, channels_last = _transpose.checked_geometry(
-            inputs, kernel, *self.arguments, owner="local_conv_transpose"
+            inputs, kernel, *self._arguments(), owner="local_conv_transpose"
         )
         shape = _transpose.output_shape(geo, inputs.shape[0], channels_last)
         return keras.KerasTensor(shape, dtype=_result_dtype(inputs, kernel))
+
+
+def _plain_position_groups(position_groups):
+    """`position_groups` in plain Python values (an array map as nested
+    lists), which an `Operation`'s automatic config holds."""
+    if position_groups is None or isinstance(position_groups, (int, tuple, list)):
+        return position_groups
+    return np.asarray(position_groups).tolist()
 
 
 def _symbolic(*tensors):
@@ -262,7 +324,9 @@ def local_conv(
     """
     arguments = (kernel_size, strides, padding, dilation_rate, data_format)
     if _symbolic(inputs, kernel):
-        operation = LocalConv(*arguments, position_groups=position_groups)
+        operation = LocalConv(
+            *arguments, position_groups=_plain_position_groups(position_groups)
+        )
         return operation.symbolic_call(inputs, kernel)
     return _local_conv.local_conv(
         inputs, kernel, *arguments, position_groups=position_groups

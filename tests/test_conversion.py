@@ -8,9 +8,11 @@ import keras_localconn
 from keras_localconn import (
     LocallyConnected1D,
     LocallyConnected2D,
+    LocallyConnected2DTranspose,
     LocallyConnected3D,
     from_conv,
     to_conv,
+    untie,
 )
 from tests.autodiff import to_numpy
 from tests.helpers import (
@@ -19,6 +21,7 @@ from tests.helpers import (
     conv_inputs,
     conv_layer_case_id,
     conv_outputs,
+    random_array,
     trained_looking_conv,
 )
 
@@ -288,3 +291,36 @@ def test_from_conv_keeps_a_mixed_precision_policy():
         rtol=1e-2,
         atol=2e-2,
     )
+
+
+@pytest.mark.parametrize("position_groups", [None, 2], ids=["per-position", "grouped"])
+def test_untie_of_a_lora_layer_is_a_plain_layer_with_the_merged_kernel(
+    position_groups,
+):
+    layer = LocallyConnected2D(
+        3, 2, position_groups=position_groups, bias_initializer="random_normal"
+    )
+    x = random_array((2, 5, 4, 2))
+    layer.build(x.shape)
+    base = to_numpy(layer.kernel)
+    layer.enable_lora(2, lora_alpha=3)
+    layer.lora_kernel_b.assign(random_array(layer.lora_kernel_b.shape, 3))
+    merged = to_numpy(layer.kernel)
+    assert np.abs(merged - base).max() > 0.1  # the LoRA update counts
+    untied = untie(layer)
+    assert not untied.lora_enabled and "lora_rank" not in untied.get_config()
+    assert [w.name for w in untied.trainable_weights] == ["kernel", "bias"]
+    groups = layer.output_position_groups
+    expected = merged if groups is None else merged[groups]
+    np.testing.assert_allclose(to_numpy(untied.kernel), expected, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(untied(x)), to_numpy(layer(x)), **TOL)
+
+
+def test_untie_refuses_a_transposed_layer_with_lora_as_any_transposed_layer():
+    """`untie` is for the forward family (the transposed layers have no
+    position groups); a transposed layer, LoRA or not, is refused by type."""
+    layer = LocallyConnected2DTranspose(3, 2, strides=2, name="up")
+    layer.build((None, 4, 4, 2))
+    layer.enable_lora(2)
+    with pytest.raises(TypeError, match=r"untie: expected a LocallyConnected1D.*'up'"):
+        untie(layer)

@@ -66,3 +66,67 @@ def test_a_symbolic_call_checks_its_arguments_as_the_computation_does():
         ops.local_conv(x, keras.Input((8, 4), batch_size=5), 3)
     with pytest.raises(ValueError, match=r"local_conv: `padding` must be one of"):
         ops.local_conv(x, keras.Input((9, 4), batch_size=5), 3, padding="full")
+
+
+def test_a_local_conv_node_configures_itself_and_rebuilds_from_its_config():
+    """Every argument is a named attribute: Keras' automatic config holds
+    them, an array map as nested lists, and `from_config` rebuilds a node
+    that computes the same values."""
+    x = keras.Input((6, 3), batch_size=2)
+    kernel = keras.Input((9, 4), batch_size=2)  # two groups
+    groups = np.array([0, 0, 1, 1, 1, 0])
+    y = ops.local_conv(x, kernel, 3, padding="same", position_groups=groups)
+    (operation,) = _operations(keras.Model([x, kernel], y))
+    config = operation.get_config()
+    assert config == {
+        "name": operation.name,
+        "kernel_size": 3,
+        "strides": 1,
+        "padding": "same",
+        "dilation_rate": 1,
+        "data_format": None,
+        "position_groups": [0, 0, 1, 1, 1, 0],
+    }
+    rebuilt = ops.LocalConv.from_config(config)
+    assert rebuilt.get_config() == config
+    rng = np.random.default_rng(2)
+    x_value = rng.normal(size=(2, 6, 3)).astype("float32")
+    k_value = rng.normal(size=(2, 9, 4)).astype("float32")
+    expected = reference_local_conv(
+        x_value, k_value[groups], (3,), (1,), (1,), "same", "channels_last"
+    )
+    np.testing.assert_allclose(
+        to_numpy(rebuilt(x_value, k_value)), expected, rtol=2e-5, atol=2e-5
+    )
+    symbolic = rebuilt(x, kernel)
+    assert tuple(symbolic.shape) == (2, 6, 4)
+
+
+def test_a_local_conv_transpose_node_configures_itself_and_rebuilds_from_its_config():
+    operation = ops.LocalConvTranspose(
+        2, strides=2, output_padding=1, data_format="channels_first", name="up"
+    )
+    config = operation.get_config()
+    assert config == {
+        "name": "up",
+        "kernel_size": 2,
+        "strides": 2,
+        "padding": "valid",
+        "output_padding": 1,
+        "dilation_rate": 1,
+        "data_format": "channels_first",
+    }
+    rebuilt = ops.LocalConvTranspose.from_config(config)
+    assert rebuilt.name == "up" and rebuilt.get_config() == config
+    y = keras.Input((4, 3), batch_size=2)  # 4 channels, length 3
+    kernel = keras.Input((2 * 5, 4), batch_size=3)
+    assert tuple(rebuilt(y, kernel).shape) == (2, 5, 7)
+    rng = np.random.default_rng(3)
+    y_value = rng.normal(size=(2, 4, 3)).astype("float32")
+    k_value = rng.normal(size=(3, 10, 4)).astype("float32")
+    expected = reference_local_conv_transpose(
+        y_value, k_value, (2,), (2,), (1,), "valid", (1,), "channels_first"
+    )
+    np.testing.assert_allclose(
+        to_numpy(rebuilt(y_value, k_value)), expected, rtol=2e-5, atol=2e-5
+    )

@@ -15,7 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from keras import activations, constraints, initializers, ops, regularizers
+from keras import (
+    activations,
+    constraints,
+    initializers,
+    ops,
+    quantizers,
+    regularizers,
+)
 from keras.constraints import Constraint
 from keras.initializers import Initializer
 from keras.layers import InputSpec, Layer
@@ -94,6 +101,9 @@ class LocalBase(LocalQuantization, LocalLoRA, Layer):
         activity_regularizer: str | dict | Regularizer | None = None,
         kernel_constraint: str | dict | Constraint | None = None,
         bias_constraint: str | dict | Constraint | None = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        quantization_config: "quantizers.QuantizationConfig | None" = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -109,6 +119,12 @@ class LocalBase(LocalQuantization, LocalLoRA, Layer):
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
+        # What `LocalLoRA` and `LocalQuantization` read, set as Dense sets them.
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
+        self.lora_enabled = False
+        self.quantization_config = quantization_config
+        self.inputs_quantizer = None
         self.input_spec = InputSpec(ndim=rank + 2)
 
     @property

@@ -34,15 +34,10 @@ from keras_localconn import _arguments, _keras_private
 class LocalLoRA:
     """`enable_lora`, the `kernel` property and the merged kernel.
 
-    The layer stores its kernel as `_kernel` (the variable) and provides
-    `_owner` and `kernel_constraint`, `kernel_regularizer`.
+    The layer stores its kernel as `_kernel` (the variable), provides
+    `_owner`, `kernel_constraint` and `kernel_regularizer`, and its
+    constructor sets `lora_rank`, `lora_alpha` and `lora_enabled` (False).
     """
-
-    def __init__(self, *args, lora_rank=None, lora_alpha=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lora_rank = lora_rank
-        self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
-        self.lora_enabled = False
 
     @property
     def kernel(self):

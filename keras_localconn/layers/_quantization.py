@@ -59,6 +59,8 @@ import numpy as np
 from keras import dtype_policies, ops, quantizers
 from keras.saving import deserialize_keras_object, serialize_keras_object
 
+from keras_localconn import _keras_private
+
 # The modes these layers implement; Keras knows more (`float8`, `gptq`,
 # `awq`), which they refuse with a NotImplementedError, the error
 # `Model.quantize` turns into a warning, so that the rest of a model is
@@ -67,6 +69,15 @@ SUPPORTED_MODES = ("int8", "int4")
 # Keras 3.13 added the quantization configs (and int4 to Layer.quantize);
 # an older Keras refuses `quantize` on these layers with a clear error.
 HAS_QUANTIZATION_CONFIGS = hasattr(quantizers, "Int8QuantizationConfig")
+
+
+def _is_package_layer_class(layer_class):
+    """Whether `layer_class` is one of this package's layer classes itself,
+    not a subclass (Dense's check, ``type(self) is Dense``, by type)."""
+    # Imported here: `keras_localconn.layers` imports this module.
+    from keras_localconn import layers
+
+    return any(layer_class is getattr(layers, name) for name in layers.__all__)
 
 
 def _weight_quantizer(config, default):
@@ -109,7 +120,8 @@ class LocalQuantization:
     The layer provides `_kernel` (its stored kernel), `_owner`, `bias`,
     `call` (which computes with `_engine_kernel()`), and, from
     `LocalLoRA`, `lora_enabled`, `_lora_delta()` and `kernel` (merged with
-    LoRA).
+    LoRA); its constructor sets `quantization_config` and
+    `inputs_quantizer` (None).
     """
 
     # The modes a layer family implements, and the axes of its kernel: the
@@ -119,11 +131,6 @@ class LocalQuantization:
     _quantization_modes = SUPPORTED_MODES
     _contracted_axis = 1
     _output_axis = 2
-
-    def __init__(self, *args, quantization_config=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.quantization_config = quantization_config
-        self.inputs_quantizer = None
 
     # ------------------------------------------------------------------
     # quantize
@@ -151,9 +158,9 @@ class LocalQuantization:
                 f"Keras >= 3.13 (keras.quantizers.Int8QuantizationConfig and "
                 f"int4 mode); this is Keras {keras.__version__}."
             )
-        if type_check and not type(self).__module__.startswith("keras_localconn."):
+        if type_check and not _is_package_layer_class(type(self)):
             # Dense refuses its subclasses: a subclass may compute otherwise.
-            raise self._not_implemented_error(self.quantize)
+            raise _keras_private.not_implemented_error(self, self.quantize)
         if mode not in self._quantization_modes:
             raise self._unsupported_mode_error(mode)
         # With LoRA enabled, as Dense: the base kernel only is quantized; the
@@ -243,7 +250,7 @@ class LocalQuantization:
             self._int4_build(kernel_shape, config)
         else:
             raise self._unsupported_mode_error(mode)
-        self._is_quantized = True
+        _keras_private.mark_quantized(self)
 
     def _int8_build(self, kernel_shape, config=None):
         self.inputs_quantizer = _activation_quantizer(
@@ -319,9 +326,7 @@ class LocalQuantization:
 
     def _quantized_with_lora(self):
         """Whether the layer is quantized and has LoRA enabled (QLoRA)."""
-        return self.quantization_mode is not None and getattr(
-            self, "lora_enabled", False
-        )
+        return self.quantization_mode is not None and self.lora_enabled
 
     def _dequantized_kernel(self):
         """The float kernel ``(P, K, F)`` (compute dtype) that the quantized

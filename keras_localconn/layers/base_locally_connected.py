@@ -1,8 +1,15 @@
 """Rank-generic base class of the locally connected layers."""
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
+from keras import quantizers
+from keras.constraints import Constraint
+from keras.initializers import Initializer
+from keras.regularizers import Regularizer
+from numpy.typing import ArrayLike
 
 from keras_localconn import _arguments, _groups, _local_conv, _shapes
 from keras_localconn.layers._base import LocalBase
@@ -18,7 +25,9 @@ class BaseLocallyConnected(LocalBase):
     (`LocallyConnected1D`, `2D`, `3D`) are thin subclasses that fix `rank`.
 
     The positional order of the arguments is Keras 2's (`activation` follows
-    `data_format`); `dilation_rate`, new here, is best passed by keyword.
+    `data_format`); the arguments Keras 2 did not have (`dilation_rate`,
+    `position_groups`, `lora_rank`, `lora_alpha`, `quantization_config`)
+    follow, and are best passed by keyword.
 
     Args: see `LocallyConnected2D`.
     """
@@ -31,13 +40,41 @@ class BaseLocallyConnected(LocalBase):
         strides: int | Sequence[int] = 1,
         padding: str | int | Sequence = "valid",
         data_format: str | None = None,
-        *args: Any,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | dict | Initializer = "glorot_uniform",
+        bias_initializer: str | dict | Initializer = "zeros",
+        kernel_regularizer: str | dict | Regularizer | None = None,
+        bias_regularizer: str | dict | Regularizer | None = None,
+        activity_regularizer: str | dict | Regularizer | None = None,
+        kernel_constraint: str | dict | Constraint | None = None,
+        bias_constraint: str | dict | Constraint | None = None,
         implementation: int = 1,
         dilation_rate: int | Sequence[int] = 1,
-        position_groups: Any = None,
+        position_groups: int | Sequence[int] | ArrayLike | None = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        quantization_config: "quantizers.QuantizationConfig | None" = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(rank, filters, data_format, *args, **kwargs)
+        super().__init__(
+            rank,
+            filters,
+            data_format,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            quantization_config=quantization_config,
+            **kwargs,
+        )
         owner = self._owner
         (
             self.kernel_size,
@@ -88,6 +125,22 @@ class BaseLocallyConnected(LocalBase):
             self._owner,
         )
         super().build(input_shape)
+
+    @property
+    def output_position_groups(self) -> np.ndarray | None:
+        """The kernel of every output position, row-major: ``(P,)`` int64
+        indices into the kernel's first axis, for the input shape the layer
+        was built for; None where every position has its own kernel (no
+        `position_groups`)."""
+        if not self.built:
+            raise AttributeError(
+                f"{self._owner}: build the layer before accessing "
+                f"`output_position_groups` (its positions follow from the "
+                f"input shape)."
+            )
+        if self._built_grouping is None:
+            return None
+        return self._built_grouping.groups
 
     def _kernel_shape(self, geo, channels):
         if self._built_grouping is None:

@@ -1,7 +1,12 @@
 """Rank-generic base class of the transposed locally connected layers."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from keras import quantizers
+from keras.constraints import Constraint
+from keras.initializers import Initializer
+from keras.regularizers import Regularizer
 
 from keras_localconn import _arguments, _shapes, _transpose
 from keras_localconn.layers._base import LocalBase
@@ -40,10 +45,38 @@ class BaseLocallyConnectedTranspose(LocalBase):
         output_padding: int | Sequence[int] | None = None,
         data_format: str | None = None,
         dilation_rate: int | Sequence[int] = 1,
-        *args: Any,
+        activation: str | Callable | None = None,
+        use_bias: bool = True,
+        kernel_initializer: str | dict | Initializer = "glorot_uniform",
+        bias_initializer: str | dict | Initializer = "zeros",
+        kernel_regularizer: str | dict | Regularizer | None = None,
+        bias_regularizer: str | dict | Regularizer | None = None,
+        activity_regularizer: str | dict | Regularizer | None = None,
+        kernel_constraint: str | dict | Constraint | None = None,
+        bias_constraint: str | dict | Constraint | None = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        quantization_config: "quantizers.QuantizationConfig | None" = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(rank, filters, data_format, *args, **kwargs)
+        super().__init__(
+            rank,
+            filters,
+            data_format,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            quantization_config=quantization_config,
+            **kwargs,
+        )
         (
             self.kernel_size,
             self.strides,

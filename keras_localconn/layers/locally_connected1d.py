@@ -3,10 +3,12 @@
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from keras import quantizers
 from keras.constraints import Constraint
 from keras.initializers import Initializer
 from keras.regularizers import Regularizer
 from keras.saving import register_keras_serializable
+from numpy.typing import ArrayLike
 
 from keras_localconn.layers.base_locally_connected import BaseLocallyConnected
 
@@ -51,10 +53,15 @@ class LocallyConnected1D(BaseLocallyConnected):
             optimizer update.
         bias_constraint: Constraint applied to the bias after each update.
         implementation: 1, 2 or 3. Accepted so that Keras 2 configs
-            deserialize; every value computes the same way here (patch
-            extraction and one batched matmul) and stores the kernel in Keras
-            2's implementation-1 layout. Keras 2 weights saved with
-            implementation 2 or 3 are converted by `keras_localconn.legacy`.
+            deserialize; every value computes the same way here and stores
+            the kernel in Keras 2's implementation-1 layout (Keras 2 weights
+            saved with implementation 2 or 3 are converted by
+            `keras_localconn.legacy`). How it computes: the engine gathers
+            patches and contracts them with their positions' kernels in
+            batched matmuls, all positions at once or in chunks, as the
+            shapes, the backend and the machine decide; one position group
+            (see `position_groups`) computes, where it can, with
+            `keras.ops.conv`.
         dilation_rate: int or tuple of 1 ints, the dilation of the kernel.
         position_groups: which output positions share a kernel. None (the
             default): each has its own. A block shape (an int or 1 positive
@@ -66,11 +73,16 @@ class LocallyConnected1D(BaseLocallyConnected):
             combined into one id, bands, mirror-symmetric halves). With one
             group the layer is `keras.layers.Conv1D`. See the "Position
             groups" page.
+        lora_rank: None, or a positive int: LoRA is enabled with this rank
+            when the layer is built (see `enable_lora`), as in
+            `keras.layers.Dense`.
+        lora_alpha: the LoRA scale is `lora_alpha / lora_rank`; None means
+            `lora_rank` (a scale of 1).
+        quantization_config: the `keras.quantizers.QuantizationConfig` of a
+            quantized layer (see `quantize`), as `keras.layers.Dense` takes it;
+            None for the defaults of the quantization mode.
         **kwargs: Base layer keyword arguments (`name`, `dtype`,
-            `trainable`, ...), and, as `keras.layers.Dense` takes them,
-            `quantization_config` (the config of a quantized layer, see
-            `quantize`) and `lora_rank` / `lora_alpha` (LoRA enabled when
-            the layer is built, see `enable_lora`).
+            `trainable`, ...).
 
     Input shape:
         `(batch, steps, channels)` with `"channels_last"`, or
@@ -137,7 +149,10 @@ class LocallyConnected1D(BaseLocallyConnected):
         bias_constraint: str | dict | Constraint | None = None,
         implementation: int = 1,
         dilation_rate: int | Sequence[int] = 1,
-        position_groups: Any = None,
+        position_groups: int | Sequence[int] | ArrayLike | None = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        quantization_config: "quantizers.QuantizationConfig | None" = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -159,5 +174,8 @@ class LocallyConnected1D(BaseLocallyConnected):
             implementation=implementation,
             dilation_rate=dilation_rate,
             position_groups=position_groups,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            quantization_config=quantization_config,
             **kwargs,
         )

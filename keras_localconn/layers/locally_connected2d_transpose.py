@@ -3,6 +3,7 @@
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from keras import quantizers
 from keras.constraints import Constraint
 from keras.initializers import Initializer
 from keras.regularizers import Regularizer
@@ -58,11 +59,16 @@ class LocallyConnected2DTranspose(BaseLocallyConnectedTranspose):
         kernel_constraint: Constraint applied to the kernel after each
             optimizer update.
         bias_constraint: Constraint applied to the bias after each update.
+        lora_rank: None, or a positive int: LoRA is enabled with this rank
+            when the layer is built (see `enable_lora`), as in
+            `keras.layers.Dense`.
+        lora_alpha: the LoRA scale is `lora_alpha / lora_rank`; None means
+            `lora_rank` (a scale of 1).
+        quantization_config: the `keras.quantizers.QuantizationConfig` of a
+            quantized layer (see `quantize`), as `keras.layers.Dense` takes it;
+            None for the defaults of the quantization mode.
         **kwargs: Base layer keyword arguments (`name`, `dtype`,
-            `trainable`, ...), and, as `keras.layers.Dense` takes them,
-            `quantization_config` (the config of a quantized layer, see
-            `quantize`) and `lora_rank` / `lora_alpha` (LoRA enabled when
-            the layer is built, see `enable_lora`).
+            `trainable`, ...).
 
     Input shape:
         `(batch, rows, cols, channels)` with `"channels_last"`, or
@@ -119,6 +125,9 @@ class LocallyConnected2DTranspose(BaseLocallyConnectedTranspose):
         activity_regularizer: str | dict | Regularizer | None = None,
         kernel_constraint: str | dict | Constraint | None = None,
         bias_constraint: str | dict | Constraint | None = None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        quantization_config: "quantizers.QuantizationConfig | None" = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -139,5 +148,8 @@ class LocallyConnected2DTranspose(BaseLocallyConnectedTranspose):
             activity_regularizer=activity_regularizer,
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            quantization_config=quantization_config,
             **kwargs,
         )
