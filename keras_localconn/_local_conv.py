@@ -3,16 +3,21 @@
 A locally connected layer is a convolution whose kernel gains a leading
 *positions* axis: output position ``p`` has its own ``(K, filters)`` matrix.
 
+A call reads top-down: its arguments checked into a geometry
+(`checked_geometry`), then one `_CallPlan` (its units, its
+`_schedule.Formulation`, its chunks; `_plan`), then the computation that
+plan names, handed the plan.
+
 How it computes: the input is transposed once so that its spatial axes come
 first, padded, and flattened into one row per pixel. A gather of rows, with
 indices computed in numpy from the static shapes (`_shapes.gather_rows`),
 builds the patches of a group of output positions, position-major, and one
 batched matmul contracts them with those positions' kernels. Either all
 positions go at once (`_all_at_once`, differentiated by the backend) or they
-go in chunks (`_chunked`, with its own backward pass, `_chunked_backward`);
-the `_schedule.Formulation` of the call says which, and how. The number of
-ops grows neither with the kernel size nor with the number of positions (a
-Python loop over at most `_schedule.MAX_UNROLLED` chunks aside).
+go in chunks (`_chunked`, with its own backward pass: `_kernel_gradient`,
+`_input_gradient`). The number of ops grows neither with the kernel size
+nor with the number of positions (a Python loop over at most
+`_schedule.MAX_UNROLLED` chunks aside).
 
 With `position_groups` (`_groups`), positions that share a kernel are the
 rows of one matmul: the engine works on *units* of `_groups.Plan.per_unit`

@@ -29,7 +29,9 @@ timings:
 `keras_localconn.ops.formulation(...)` pins any of these choices for the
 calls inside it (`pinned`): tests and benchmarks pin a computation that way,
 as a user would; nothing here is meant to be patched. A new formulation is
-one more choice of `Formulation` and one more branch of `formulation`.
+one more choice of `Formulation`, derived in `formulation` beside the
+others, and one more branch where `_local_conv.local_conv` dispatches on
+its call's plan.
 """
 
 import contextlib
