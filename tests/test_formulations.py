@@ -253,6 +253,17 @@ def test_a_pinned_formulation_replaces_the_rule_inside_its_block_only():
             pass
 
 
+def test_a_pinned_scatter_add_holds_for_both_engines_and_none_is_this_keras():
+    assert _schedule.adds_by_scatter() == _schedule.HAS_SCATTER_ADD
+    with ops.formulation(scatter_add=False):
+        assert _schedule.adds_by_scatter() is False
+        assert _schedule.formulation(L4, 8, "float32", 16).scatter_add is False
+        with ops.formulation(scatter_add=None):
+            assert _schedule.adds_by_scatter() == _schedule.HAS_SCATTER_ADD
+            rule = _schedule.formulation(L4, 8, "float32", 16)
+            assert rule.scatter_add == _schedule.HAS_SCATTER_ADD
+
+
 def test_a_pinned_formulation_computes_the_same_layer():
     x = np.random.default_rng(0).normal(size=(2, 9, 8, 3)).astype("float32")
     layer = LocallyConnected2D(4, 3)
