@@ -460,20 +460,21 @@ def curve_chunks(positions, default_chunk):
 
 def _engine_forward(backend, shape, formulation):
     """`fn(x, kernel)`: the engine's forward pass of `shape` computed in
-    `formulation`, compiled as the backend runs it fastest."""
-    from keras_localconn import _local_conv
+    `formulation` (pinned wherever it is traced or run), compiled as the
+    backend runs it fastest."""
+    from keras_localconn import _local_conv, ops
 
     def forward(x, kernel):
-        return _local_conv.local_conv(
-            x,
-            kernel,
-            shape.kernel_size,
-            shape.strides,
-            shape.padding,
-            1,
-            "channels_last",
-            formulation=formulation,
-        )
+        with ops.formulation(**formulation._asdict()):
+            return _local_conv.local_conv(
+                x,
+                kernel,
+                shape.kernel_size,
+                shape.strides,
+                shape.padding,
+                1,
+                "channels_last",
+            )
 
     return harness.compiled(backend, forward)
 

@@ -37,7 +37,8 @@ import numpy as np
 
 from benchmarks import harness
 from benchmarks.cases import TRANSPOSE_CASES
-from keras_localconn import _transpose, layers
+from keras_localconn import _schedule, _transpose, layers
+from keras_localconn.ops import formulation
 
 HERE = pathlib.Path(__file__).resolve().parent
 BACKEND = harness.backend()
@@ -71,17 +72,17 @@ def _transposed(layer, scatter_add):
     so that JAX traces each formulation apart."""
 
     def call(y, kernel):
-        return _transpose.local_conv_transpose(
-            y,
-            kernel,
-            layer.kernel_size,
-            strides=layer.strides,
-            padding=layer.padding,
-            output_padding=layer.output_padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-            scatter_add=scatter_add,
-        )
+        with formulation(scatter_add=scatter_add):
+            return _transpose.local_conv_transpose(
+                y,
+                kernel,
+                layer.kernel_size,
+                strides=layer.strides,
+                padding=layer.padding,
+                output_padding=layer.output_padding,
+                dilation_rate=layer.dilation_rate,
+                data_format=layer.data_format,
+            )
 
     return call
 
@@ -111,7 +112,7 @@ def _runners(shape):
         return forward.stateless_call([kernel], [], x)[0]
 
     formulations = {"ours": None}
-    if _transpose.HAS_SCATTER_ADD:
+    if _schedule.HAS_SCATTER_ADD:
         formulations["ours, gather-sum"] = False
     runners = {}
     for name, scatter_add in formulations.items():
@@ -205,7 +206,7 @@ def main():
     record = {
         "backend": harness.backend_version(BACKEND),
         "keras": keras.__version__,
-        "formulation": "scatter-add" if _transpose.HAS_SCATTER_ADD else "gather-sum",
+        "formulation": "scatter-add" if _schedule.HAS_SCATTER_ADD else "gather-sum",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"

@@ -3,16 +3,21 @@
 A locally connected layer is a convolution whose kernel gains a leading
 *positions* axis: output position ``p`` has its own ``(K, filters)`` matrix.
 
+A call reads top-down: its arguments checked into a geometry
+(`checked_geometry`), then one `_CallPlan` (its units, its
+`_schedule.Formulation`, its chunks; `_plan`), then the computation that
+plan names, handed the plan.
+
 How it computes: the input is transposed once so that its spatial axes come
 first, padded, and flattened into one row per pixel. A gather of rows, with
 indices computed in numpy from the static shapes (`_shapes.gather_rows`),
 builds the patches of a group of output positions, position-major, and one
 batched matmul contracts them with those positions' kernels. Either all
 positions go at once (`_all_at_once`, differentiated by the backend) or they
-go in chunks (`_chunked`, with its own backward pass, `_chunked_backward`);
-the `_schedule.Formulation` of the call says which, and how. The number of
-ops grows neither with the kernel size nor with the number of positions (a
-Python loop over at most `_schedule.MAX_UNROLLED` chunks aside).
+go in chunks (`_chunked`, with its own backward pass: `_kernel_gradient`,
+`_input_gradient`). The number of ops grows neither with the kernel size
+nor with the number of positions (a Python loop over at most
+`_schedule.MAX_UNROLLED` chunks aside).
 
 With `position_groups` (`_groups`), positions that share a kernel are the
 rows of one matmul: the engine works on *units* of `_groups.Plan.per_unit`
@@ -23,6 +28,7 @@ one matmul with its group's kernel. One group is a convolution, computed by
 
 import functools
 import math
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,7 +36,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_localconn import _arguments, _groups, _schedule, _shapes, _transpose
+from keras_localconn import _arguments, _groups, _schedule, _shapes
 
 # The backends that take gradients: the numpy backend has none.
 _DIFFERENTIABLE = ("jax", "tensorflow", "torch")
@@ -117,15 +123,14 @@ def local_conv(
     bias=None,
     position_groups=None,
     owner="local_conv",
-    formulation=None,
 ):
-    """`keras_localconn.ops.local_conv`, plus a bias and an explicit formulation.
+    """`keras_localconn.ops.local_conv`, plus a bias.
 
     `bias`, ``(T, filters)`` (T = P without groups), is added while the
     result is still position-major, before the final transpose.
-    `position_groups`: any form `_groups.resolve` takes. `formulation` (a
-    `_schedule.Formulation`) overrides the default of `_schedule.formulation`.
-    `kernel` may be an `EncodedKernel`, decoded one chunk at a time.
+    `position_groups`: any form `_groups.resolve` takes. `kernel` may be an
+    `EncodedKernel`, decoded one chunk at a time. How it computes is the
+    call's `_CallPlan`, which `keras_localconn.ops.formulation` can pin.
     """
     geo, channels_last, grouping = checked_geometry(
         inputs,
@@ -138,33 +143,20 @@ def local_conv(
         owner,
         position_groups,
     )
-    encoded = isinstance(kernel, EncodedKernel)
-    plan = _groups.plan_of(grouping, geo.num_positions)
-    if formulation is None:
-        formulation = _schedule.formulation(
-            geo,
-            inputs.shape[0],
-            inputs.dtype,
-            kernel.shape[-1],
-            decoded=encoded,
-            units=plan.units,
-            per_unit=plan.per_unit,
-        )
+    plan = _plan(inputs, kernel, geo, channels_last, grouping)
+    if plan.as_conv:
+        return _one_group(inputs, kernel, bias, plan)
     if grouping is not None:
-        if grouping.count == 1 and formulation.conv and _conv_takes(geo):
-            return _one_group(inputs, kernel, bias, geo, channels_last)
         if bias is not None:  # (T, F) -> one row per position
             bias = ops.take(bias, grouping.groups.astype("int32"), axis=0)
-        if plan.kernels is not None:  # at most 2 T kernels, never P
-            kernel = _take_kernel(kernel, plan.kernels)
-    x_rows = _input_rows(inputs, geo, channels_last, formulation)
-    if formulation.chunk is None or formulation.chunk >= plan.units:
-        outputs = _all_at_once(
-            x_rows, kernel, geo, grouping, channels_last, formulation
-        )
+        if plan.groups.kernels is not None:  # at most 2 T kernels, never P
+            kernel = _take_kernel(kernel, plan.groups.kernels)
+    x_rows = _input_rows(inputs, plan)
+    if plan.chunks is None:
+        outputs = _all_at_once(x_rows, kernel, plan)
     else:
-        outputs = _chunked(x_rows, kernel, geo, grouping, channels_last, formulation)
-    return _output(outputs, bias, geo, channels_last)
+        outputs = _chunked(x_rows, kernel, plan)
+    return _output(outputs, bias, plan)
 
 
 def checked_geometry(
@@ -217,17 +209,67 @@ def output_shape(geo, batch, filters, channels_last):
     return (batch, filters, *geo.output_shape)
 
 
-def _input_rows(inputs, geo, channels_last, formulation):
+class _CallPlan(NamedTuple):
+    """How one call computes: derived once (`_plan`), then handed down.
+
+    Attributes:
+        geo: the call's `_shapes.Geometry`.
+        channels_last: its data format.
+        grouping: its `_groups.Grouping`, or None for a kernel per position.
+        groups: its `_groups.Plan`, the units its positions are laid out in.
+        formulation: its `_schedule.Formulation`.
+        chunks: its `_Chunks`, or None where all units go at once.
+    """
+
+    geo: _shapes.Geometry
+    channels_last: bool
+    grouping: _groups.Grouping | None
+    groups: _groups.Plan
+    formulation: _schedule.Formulation
+    chunks: "_Chunks | None"
+
+    @property
+    def as_conv(self):
+        """One group (a shared kernel), computed by `keras.ops.conv`."""
+        return (
+            self.grouping is not None
+            and self.grouping.count == 1
+            and self.formulation.conv
+            and _conv_takes(self.geo)
+        )
+
+
+def _plan(inputs, kernel, geo, channels_last, grouping):
+    """The `_CallPlan` of a call: its units, then its formulation (chosen by
+    `_schedule` for them, or pinned), then its chunks."""
+    groups = _groups.plan_of(grouping, geo.num_positions)
+    formulation = _schedule.formulation(
+        geo,
+        inputs.shape[0],
+        inputs.dtype,
+        kernel.shape[-1],
+        decoded=isinstance(kernel, EncodedKernel),
+        units=groups.units,
+        per_unit=groups.per_unit,
+    )
+    chunks = None
+    if formulation.chunk is not None and formulation.chunk < groups.units:
+        chunks = _chunks(geo, grouping, formulation.chunk, formulation.loop_by_map)
+    return _CallPlan(geo, channels_last, grouping, groups, formulation, chunks)
+
+
+def _input_rows(inputs, plan):
     """The padded input with one row per pixel: the rows every gather reads.
 
-    Rows of ``(batch, channels)`` with `formulation.batch_before_channels`,
-    else rows of ``channels * batch`` contiguous values, which torch's gather
-    copies whole (2x faster). The one place where padding is applied.
+    Rows of ``(batch, channels)`` with `batch_before_channels`, else rows of
+    ``channels * batch`` contiguous values, which torch's gather copies
+    whole (2x faster): `_ROWS` names their axes. The one place where padding
+    is applied.
     """
-    rank = geo.rank
-    spatial = range(1, rank + 1) if channels_last else range(2, rank + 2)
-    channel_axis = rank + 1 if channels_last else 1
-    if formulation.batch_before_channels:
+    geo, rank = plan.geo, plan.geo.rank
+    spatial = range(1, rank + 1) if plan.channels_last else range(2, rank + 2)
+    channel_axis = rank + 1 if plan.channels_last else 1
+    if plan.formulation.batch_before_channels:
         trailing = (0, channel_axis)
     else:
         trailing = (channel_axis, 0)
@@ -238,7 +280,7 @@ def _input_rows(inputs, geo, channels_last, formulation):
         else:
             x = _pad_circular(x, geo)
     num_pixels = math.prod(geo.padded_shape)
-    if formulation.batch_before_channels:
+    if plan.formulation.batch_before_channels:
         return ops.reshape(x, (num_pixels, -1, geo.channels))
     return ops.reshape(x, (num_pixels, -1))
 
@@ -258,72 +300,75 @@ def _pad_circular(x, geo, first_axis=0):
     return x
 
 
-def _patches(
-    x_rows,
-    rows,
-    units,
-    per_unit,
-    geo,
-    channels_last,
-    batch_before_channels,
-    rows_first=False,
-):
-    """The patches of `units` units, ready for a batched matmul.
-
-    `rows` are the ``units * per_unit * taps`` rows of `x_rows` they read.
-    Returns ``(units, per_unit * batch, K)`` with `batch_before_channels` or
-    `rows_first` (what the forward matmul takes), else ``(units, K,
-    per_unit * batch)`` (what the kernel gradient takes); `_to_rows` is the
-    inverse of the latter. Each layout costs one transpose of the patches.
-    """
-    patches = ops.take(x_rows, rows, axis=0)  # (n * taps, ...trailing)
-    slots = units * per_unit
-    if batch_before_channels:  # (n, taps, B, C) -> (n, B, K)
-        patches = ops.reshape(patches, (slots, geo.taps, -1, geo.channels))
-        order = (0, 2, 1, 3) if channels_last else (0, 2, 3, 1)
-        patches = ops.transpose(patches, order)
-        return ops.reshape(patches, (units, -1, geo.patch_size))
-    if rows_first and channels_last:  # (n, K, B) -> (n, B, K)
-        patches = ops.reshape(patches, (slots, geo.patch_size, -1))
-        patches = ops.transpose(patches, (0, 2, 1))
-        return ops.reshape(patches, (units, -1, geo.patch_size))
-    if rows_first:  # (n, taps, C, B) -> (n, B, K ordered (channel, offsets))
-        patches = ops.reshape(patches, (slots, geo.taps, geo.channels, -1))
-        patches = ops.transpose(patches, (0, 3, 2, 1))
-        return ops.reshape(patches, (units, -1, geo.patch_size))
-    if channels_last:  # (n, taps, C, B) is (n, K, B) already
-        patches = ops.reshape(patches, (slots, geo.patch_size, -1))
-    else:  # K ordered (channel, offsets)
-        patches = ops.reshape(patches, (slots, geo.taps, geo.channels, -1))
-        patches = ops.transpose(patches, (0, 2, 1, 3))
-        patches = ops.reshape(patches, (slots, geo.patch_size, -1))
-    if per_unit == 1:
-        return patches
-    patches = ops.reshape(patches, (units, per_unit, geo.patch_size, -1))
-    patches = ops.transpose(patches, (0, 2, 1, 3))
-    return ops.reshape(patches, (units, geo.patch_size, -1))
+# Layouts as `_rearrange` patterns over the axes u (units), m (positions of a
+# unit), t (taps, the kernel offsets), c (channels) and b (batch). `_ROWS`:
+# gathered rows of `x_rows`, by row layout (`batch_before_channels` or not).
+# `_ROWS_FIRST`: patches as the forward matmul takes them, ``(units,
+# per_unit * batch, K)``; `_OFFSETS_FIRST`: as the kernel gradient takes
+# them, ``(units, K, per_unit * batch)``. `_K`: K's order, by data format
+# (offsets then channel in channels_last, as Keras 2 stores the kernel).
+_ROWS = {True: "(u m t) b c", False: "(u m t) (c b)"}
+_ROWS_FIRST = "u (m b) {K}"
+_OFFSETS_FIRST = "u {K} (m b)"
+_K = {True: "(t c)", False: "(c t)"}
 
 
-def _to_rows(values, per_unit, geo, channels_last, batch_before_channels):
-    """Values laid out as `_patches` returns them, as rows of `x_rows`."""
-    slots = values.shape[0] * per_unit
-    if batch_before_channels:  # (n, B, K) -> (n, taps, B, C)
-        if channels_last:
-            values = ops.reshape(values, (slots, -1, geo.taps, geo.channels))
-            values = ops.transpose(values, (0, 2, 1, 3))
-        else:
-            values = ops.reshape(values, (slots, -1, geo.channels, geo.taps))
-            values = ops.transpose(values, (0, 3, 1, 2))
-        return ops.reshape(values, (slots * geo.taps, -1, geo.channels))
-    if per_unit > 1:  # (n, K, m * B) -> (n * m, K, B)
-        values = ops.reshape(
-            values, (-1, geo.patch_size, per_unit, ops.shape(values)[-1] // per_unit)
-        )
-        values = ops.transpose(values, (0, 2, 1, 3))
-    if not channels_last:  # (n, C, taps, B) -> (n, taps, C, B)
-        values = ops.reshape(values, (slots, geo.channels, geo.taps, -1))
-        values = ops.transpose(values, (0, 2, 1, 3))
-    return ops.reshape(values, (slots * geo.taps, -1))
+def _patches(x_rows, rows, units, plan, layout):
+    """The patches of `units` units in `layout` (`_ROWS_FIRST` or
+    `_OFFSETS_FIRST`): rows `rows` of `x_rows` (``units * per_unit * taps``
+    of them), gathered and rearranged, one transpose at most."""
+    patches = ops.take(x_rows, rows, axis=0)
+    rows_axes = _ROWS[plan.formulation.batch_before_channels]
+    return _rearrange(
+        patches, rows_axes, layout.format(K=_K[plan.channels_last]), plan, units
+    )
+
+
+def _to_rows(values, units, plan, layout):
+    """Values of `units` units laid out as patches in `layout`, as rows of
+    `x_rows`: `_patches` undone but for the gather."""
+    rows_axes = _ROWS[plan.formulation.batch_before_channels]
+    return _rearrange(
+        values, layout.format(K=_K[plan.channels_last]), rows_axes, plan, units
+    )
+
+
+def _rearrange(values, source, target, plan, units):
+    """`values`, axes `source`, as axes `target` (einops' `rearrange`): one
+    reshape into the named axes, one transpose unless they are in order, one
+    reshape. Each side names axes separated by spaces; a parenthesised group
+    is one axis of the tensor, its named axes in row-major order. Every axis
+    but the batch has its size from the `plan` (`units` units); the batch
+    may be unknown while tracing (TensorFlow)."""
+    sizes = {
+        "u": units,
+        "m": plan.groups.per_unit,
+        "t": plan.geo.taps,
+        "c": plan.geo.channels,
+    }
+    source, target = _axis_groups(source), _axis_groups(target)
+    shape = [
+        -1
+        if any(name not in sizes for name in group)
+        else math.prod(sizes[name] for name in group)
+        for group in target
+    ]
+    # Axes of size 1 go anywhere without moving a value.
+    names = [n for group in source for n in group if sizes.get(n) != 1]
+    order = [names.index(n) for group in target for n in group if n in names]
+    if order == sorted(order):
+        return ops.reshape(values, shape)
+    values = ops.reshape(values, [sizes.get(name, -1) for name in names])
+    return ops.reshape(ops.transpose(values, order), shape)
+
+
+@functools.lru_cache(maxsize=32)
+def _axis_groups(axes):
+    """``"(u m t) b c"`` as ``(("u", "m", "t"), ("b",), ("c",))``."""
+    return tuple(
+        tuple(group.split()) if group else (name,)
+        for group, name in re.findall(r"\(([^)]*)\)|(\S+)", axes)
+    )
 
 
 def _contract(patches, kernel, per_unit):
@@ -343,11 +388,12 @@ def _conv_takes(geo):
     return max(geo.strides) == 1 or max(geo.dilation_rate) == 1
 
 
-def _one_group(inputs, kernel, bias, geo, channels_last):
+def _one_group(inputs, kernel, bias, plan):
     """`local_conv`'s result with one kernel (and bias, ``(1, filters)``)
     shared by every position: a convolution, computed by `keras.ops.conv` in
     channels_last (which every backend runs on a CPU) after this engine's own
     padding."""
+    geo, channels_last = plan.geo, plan.channels_last
     kernel = _kernel_rows(kernel, 0, 1)[0]  # (K, F)
     rank = geo.rank
     if channels_last:  # K ordered (offsets..., channel)
@@ -379,46 +425,44 @@ def _one_group(inputs, kernel, bias, geo, channels_last):
 
 @functools.lru_cache(maxsize=64)
 def _unit_rows(geo, grouping):
-    """The rows of `x_rows` every unit's patches read, unit by unit:
-    ``(units * per_unit * taps,)``."""
-    rows = _shapes.gather_rows(geo)
+    """The rows of `x_rows` every unit's patches read: ``(units, per_unit *
+    taps)``, one row of the table per unit."""
+    rows = _shapes.gather_rows(geo).reshape(geo.num_positions, geo.taps)
     if grouping is None:
         return rows
-    slots = grouping.plan().slots
-    return rows.reshape(geo.num_positions, geo.taps)[slots].reshape(-1)
+    groups = grouping.plan()
+    return rows[groups.slots].reshape(groups.units, -1)
 
 
-def _all_at_once(x_rows, kernel, geo, grouping, channels_last, formulation):
+def _all_at_once(x_rows, kernel, plan):
     """``(P, batch, filters)``: every patch in one gather, one matmul.
 
     The backend differentiates it: its patches fit the budget of the
     schedule, and its backward pass has one gather to transpose.
     """
-    layout = formulation.batch_before_channels
-    plan = _groups.plan_of(grouping, geo.num_positions)
-    rows = _unit_rows(geo, grouping)
-    patches = _patches(
-        x_rows, rows, plan.units, plan.per_unit, geo, channels_last, layout, True
-    )
-    outputs = _contract_rows(patches, kernel, 0, plan.units, plan.per_unit)
-    return _positions(outputs, plan)
+    units, per_unit = plan.groups.units, plan.groups.per_unit
+    rows = _unit_rows(plan.geo, plan.grouping).reshape(-1)
+    patches = _patches(x_rows, rows, units, plan, _ROWS_FIRST)
+    outputs = _contract_rows(patches, kernel, 0, units, per_unit)
+    return _positions(outputs, plan.groups)
 
 
-def _positions(rows, plan):
-    """``(P, batch, filters)``: `plan`'s rows of outputs as output positions,
-    padding rows dropped."""
-    if plan.order is None:
+def _positions(rows, groups):
+    """``(P, batch, filters)``: rows of outputs laid out as `groups` (a
+    `_groups.Plan`) lays units out, as output positions, padding rows
+    dropped."""
+    if groups.order is None:
         return rows
-    return ops.take(rows, plan.order, axis=0)
+    return ops.take(rows, groups.order, axis=0)
 
 
-def _rows(upstream, plan):
+def _rows(upstream, groups):
     """The cotangent of `_positions`: ``(units * per_unit, batch, filters)``,
     zero at padding rows."""
-    if plan.order is None:
+    if groups.order is None:
         return upstream
     zero = ops.zeros_like(upstream[:1])
-    return ops.take(ops.concatenate([upstream, zero], axis=0), plan.fill, axis=0)
+    return ops.take(ops.concatenate([upstream, zero], axis=0), groups.fill, axis=0)
 
 
 class _Chunks:
@@ -431,17 +475,15 @@ class _Chunks:
     cotangent are sliced per chunk, never copied into chunks.
     """
 
-    def __init__(self, geo, grouping, size, loop_by_map):
-        self.geo, self.size, self.loop_by_map = geo, size, loop_by_map
-        self.grouping = grouping
-        plan = _groups.plan_of(grouping, geo.num_positions)
-        self.units, self.per_unit = plan.units, plan.per_unit
-        self.count = math.ceil(self.units / size)
-        self.starts = np.minimum(np.arange(self.count) * size, self.units - size)
-        self.overlap = self.count * size - self.units
-        units = self.starts[:, None] + np.arange(size)
-        rows = _unit_rows(geo, grouping).reshape(self.units, -1)
-        self.rows = rows[units].reshape(self.count, -1)  # (count, size * m * taps)
+    def __init__(self, unit_rows, size, loop_by_map):
+        """`unit_rows`: `_unit_rows`' table, one row per unit."""
+        units = len(unit_rows)
+        self.size, self.loop_by_map = size, loop_by_map
+        self.count = math.ceil(units / size)
+        self.starts = np.minimum(np.arange(self.count) * size, units - size)
+        self.overlap = self.count * size - units
+        chunk_units = self.starts[:, None] + np.arange(size)
+        self.rows = unit_rows[chunk_units].reshape(self.count, -1)
 
     def unique(self, stacked, per_unit=1):
         """``(count * size * per_unit, ...)`` values per chunk row, as
@@ -472,7 +514,7 @@ class _Chunks:
 def _chunks(geo, grouping, size, loop_by_map):
     """The `_Chunks` of a geometry, built once: a layer called eagerly (torch)
     would otherwise index its row table anew on every call."""
-    return _Chunks(geo, grouping, size, loop_by_map)
+    return _Chunks(_unit_rows(geo, grouping), size, loop_by_map)
 
 
 def _slice(values, start, size):
@@ -484,102 +526,80 @@ def _slice(values, start, size):
     return ops.slice(values, (start, *[0] * (len(shape) - 1)), (size, *shape[1:]))
 
 
-def _chunked(x_rows, kernel, geo, grouping, channels_last, formulation):
-    """``(P, batch, filters)``, `formulation.chunk` units at a time.
+def _chunked(x_rows, kernel, plan):
+    """``(P, batch, filters)``, `plan.chunks` (units) at a time.
 
-    Its gradient is `_chunked_backward`, one more pass over the chunks: the
-    backend's own would write an input-sized gradient per chunk and keep (or
-    recompute the matmul of) every chunk's patches.
+    Its gradient is its own, one more pass over the chunks
+    (`_kernel_gradient`, `_input_gradient`): the backend's would write an
+    input-sized gradient per chunk and keep (or recompute the matmul of)
+    every chunk's patches. An encoded kernel takes no gradient.
     """
-    layout = formulation.batch_before_channels
-    chunks = _chunks(geo, grouping, formulation.chunk, formulation.loop_by_map)
-    size, per_unit = chunks.size, chunks.per_unit
-    plan = _groups.plan_of(grouping, geo.num_positions)
+    chunks, groups = plan.chunks, plan.groups
+    size, per_unit = chunks.size, groups.per_unit
 
     def forward(x_rows, kernel):
         def step(start, rows):
-            patches = _patches(
-                x_rows, rows, size, per_unit, geo, channels_last, layout, True
-            )
+            patches = _patches(x_rows, rows, size, plan, _ROWS_FIRST)
             return (_contract_rows(patches, kernel, start, size, per_unit),)
 
         (outputs,) = chunks.map(step)
         # Reordered inside the custom gradient: the cotangent of a gather,
         # outside, would reach it sparse on TensorFlow (`IndexedSlices`).
-        return _positions(chunks.unique(outputs, per_unit), plan)
+        return _positions(chunks.unique(outputs, per_unit), groups)
 
     if keras.backend.backend() not in _DIFFERENTIABLE:
         return forward(x_rows, kernel)
 
-    if isinstance(kernel, EncodedKernel):
-        # Its parts are arguments (None is their gradient), as Keras' own
-        # quantized layers pass theirs: TensorFlow refuses variables read
-        # inside, and JAX tracers closed over.
-        @ops.custom_gradient
-        def encoded_contraction(x_rows, *parts):
-            encoded = kernel._replace(parts=parts)
-
-            def gradient(*args, upstream=None):
-                if upstream is None:
-                    (upstream,) = args
-                d_x_rows = _input_gradient(
-                    x_rows,
-                    encoded,
-                    _rows(upstream, plan),
-                    chunks,
-                    channels_last,
-                    formulation,
-                )
-                return (d_x_rows, *[None] * len(parts))
-
-            return forward(x_rows, encoded), gradient
-
-        parts = [ops.reshape(part, part.shape) for part in kernel.parts]
-        return encoded_contraction(x_rows, *parts)
+    # The kernel's tensors are arguments, as Keras' own quantized layers
+    # pass an encoded kernel's parts: TensorFlow refuses variables read
+    # inside a custom gradient, and JAX tracers closed over.
+    encoded = isinstance(kernel, EncodedKernel)
+    tensors = kernel.parts if encoded else (kernel,)
 
     @ops.custom_gradient
-    def contraction(x_rows, kernel):
+    def contraction(x_rows, *tensors):
+        inner = kernel._replace(parts=tensors) if encoded else tensors[0]
+
         def gradient(*args, upstream=None):
             if upstream is None:  # JAX and TensorFlow pass it positionally
                 (upstream,) = args
-            upstream = _rows(upstream, plan)
-            return _chunked_backward(
-                x_rows, kernel, upstream, chunks, channels_last, formulation
-            )
+            upstream = _rows(upstream, groups)
+            d_x_rows = _input_gradient(x_rows, inner, upstream, plan)
+            if encoded:
+                return (d_x_rows, *[None] * len(tensors))
+            return d_x_rows, _kernel_gradient(x_rows, upstream, plan)
 
-        return forward(x_rows, kernel), gradient
+        return forward(x_rows, inner), gradient
 
-    # A tensor, not the variable (a reshape reads it, copying nothing):
-    # TensorFlow's custom_gradient refuses functions that read variables.
-    return contraction(x_rows, ops.reshape(kernel, kernel.shape))
+    # Tensors, not variables (a reshape reads one, copying nothing).
+    return contraction(x_rows, *[ops.reshape(t, t.shape) for t in tensors])
 
 
-def _chunked_backward(x_rows, kernel, upstream, chunks, channels_last, formulation):
-    """``(d x_rows, d kernel)`` of `_chunked` for the cotangent `upstream`.
+def _kernel_gradient(x_rows, upstream, plan):
+    """``d kernel`` of `_chunked` for the cotangent `upstream`: one pass over
+    the chunks, each rebuilding its patches (one gather) and multiplying them
+    by its cotangent."""
+    chunks, per_unit = plan.chunks, plan.groups.per_unit
+    size = chunks.size
 
-    The kernel gradient takes one pass over the chunks: each rebuilds its
-    patches (one gather) and multiplies them by its cotangent. The input
-    gradient is `_input_gradient`'s.
-    """
-    geo, size, per_unit = chunks.geo, chunks.size, chunks.per_unit
-    layout = formulation.batch_before_channels
-
-    def kernel_gradient(start, rows):
-        patches = _patches(x_rows, rows, size, per_unit, geo, channels_last, layout)
+    def step(start, rows):
         cotangent = _slice(upstream, start * per_unit, size * per_unit)
         cotangent = _by_unit(cotangent, per_unit)  # (c, m * B, F)
-        if layout:  # patches (c, m * B, K)
+        if plan.formulation.batch_before_channels:
+            # The forward layout, transposed: the matmul sums in the order
+            # it always has (gathered as `_OFFSETS_FIRST`, JAX's kernel
+            # gradients differed in the last bit).
+            patches = _patches(x_rows, rows, size, plan, _ROWS_FIRST)
             patches = ops.transpose(patches, (0, 2, 1))
+        else:
+            patches = _patches(x_rows, rows, size, plan, _OFFSETS_FIRST)
         return (ops.matmul(patches, cotangent),)  # (c, K, F)
 
-    (d_kernel,) = chunks.map(kernel_gradient)
-    d_x_rows = _input_gradient(
-        x_rows, kernel, upstream, chunks, channels_last, formulation
-    )
-    return d_x_rows, chunks.unique(d_kernel)
+    (d_kernel,) = chunks.map(step)
+    return chunks.unique(d_kernel)
 
 
-def _input_gradient(x_rows, kernel, upstream, chunks, channels_last, formulation):
+def _input_gradient(x_rows, kernel, upstream, plan):
     """``d x_rows`` of `_chunked` for the cotangent `upstream`.
 
     It needs no patches: the cotangent times the kernel gives every
@@ -589,27 +609,27 @@ def _input_gradient(x_rows, kernel, upstream, chunks, channels_last, formulation
     is recomputed, no input-sized tensor is written per chunk, and no
     chunk's contributions are stacked or copied.
     """
-    geo, size, per_unit = chunks.geo, chunks.size, chunks.per_unit
-    layout = formulation.batch_before_channels
-    scatter_add = formulation.scatter_add
-    if scatter_add is None:
-        scatter_add = _transpose.HAS_SCATTER_ADD
-    num_rows, units = math.prod(geo.padded_shape), chunks.units
-    all_rows = _unit_rows(geo, chunks.grouping)
+    geo, formulation = plan.geo, plan.formulation
+    units, per_unit = plan.groups.units, plan.groups.per_unit
+    num_rows = math.prod(geo.padded_shape)
+    unit_rows = _unit_rows(geo, plan.grouping)
     d_x_rows = ops.zeros((num_rows, *ops.shape(x_rows)[1:]), x_rows.dtype)
-    step = (formulation.group or chunks.count) * size
-    rows_per_unit = per_unit * geo.taps
+    step = (formulation.group or plan.chunks.count) * plan.chunks.size
     for first in range(0, units, step):
         last = min(first + step, units)
         cotangent = _by_unit(upstream[first * per_unit : last * per_unit], per_unit)
-        kernel_g = _kernel_rows(kernel, first, last - first)
-        if layout:  # (n, m * B, F) @ (n, F, K) -> (n, m * B, K)
-            contributions = ops.matmul(cotangent, ops.transpose(kernel_g, (0, 2, 1)))
-        else:  # (n, K, F) @ (n, F, m * B) -> (n, K, m * B)
-            contributions = ops.matmul(kernel_g, ops.transpose(cotangent, (0, 2, 1)))
-        contributions = _to_rows(contributions, per_unit, geo, channels_last, layout)
-        rows = all_rows[first * rows_per_unit : last * rows_per_unit]
-        if scatter_add:
+        kernel_rows = _kernel_rows(kernel, first, last - first)
+        if formulation.batch_before_channels:  # (n, m * B, F) @ (n, F, K)
+            layout = _ROWS_FIRST
+            kernel_rows = ops.transpose(kernel_rows, (0, 2, 1))
+            contributions = ops.matmul(cotangent, kernel_rows)
+        else:  # (n, K, F) @ (n, F, m * B)
+            layout = _OFFSETS_FIRST
+            cotangent = ops.transpose(cotangent, (0, 2, 1))
+            contributions = ops.matmul(kernel_rows, cotangent)
+        contributions = _to_rows(contributions, last - first, plan, layout)
+        rows = unit_rows[first:last].reshape(-1)
+        if formulation.scatter_add:
             d_x_rows = ops.scatter_update(
                 d_x_rows, rows[:, None], contributions, reduction="add"
             )
@@ -628,13 +648,13 @@ def _by_unit(values, per_unit):
     return ops.reshape(values, (-1, per_unit * shape[1], shape[2]))
 
 
-def _output(outputs, bias, geo, channels_last):
+def _output(outputs, bias, plan):
     """``(P, B, F)`` plus the bias ``(P, F)``, as ``(B, *out, F)`` or
     ``(B, F, *out)``."""
-    filters = outputs.shape[-1]
+    geo, filters = plan.geo, outputs.shape[-1]
     if bias is not None:
         outputs = outputs + ops.expand_dims(bias, 1)
-    if channels_last:  # (P, B, F) -> (B, P, F) -> (B, *out, F)
+    if plan.channels_last:  # (P, B, F) -> (B, P, F) -> (B, *out, F)
         outputs = ops.transpose(outputs, (1, 0, 2))
         return ops.reshape(outputs, (-1, *geo.output_shape, filters))
     outputs = ops.transpose(outputs, (1, 2, 0))  # (B, F, P)

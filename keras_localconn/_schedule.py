@@ -4,10 +4,12 @@
 chunks of output positions, with input rows of ``(batch, channels)`` or
 ``(channels, batch)``, looping over the chunks with `keras.ops.map` or a
 Python loop; its backward pass (chunked calls only) holds the input-gradient
-contributions of a group of chunks at a time. A `Formulation` names one such
-choice; `formulation` derives the default from the static shapes, the
-backend and what the machine reports (`_machine`), never from a table of one
-machine's timings:
+contributions of a group of chunks at a time and adds them into rows with one
+scatter-add where Keras has one (`HAS_SCATTER_ADD`), as `_transpose` adds its
+own (`adds_by_scatter`). A `Formulation` names one such choice;
+`formulation` derives the default from the static shapes, the backend and
+what the machine reports (`_machine`), never from a table of one machine's
+timings:
 
 - **chunk**: the patches of one chunk fill the level-2 caches of the cores
   that compute it (one core's share each), so that the matmul reads them
@@ -24,18 +26,23 @@ machine's timings:
   traced graph, so more than `MAX_UNROLLED` chunks always go through
   `keras.ops.map`, and the graph stays small.
 
-`keras_localconn.formulation(...)` pins any of these choices for the calls
-inside it. Tests and benchmarks pass a `Formulation` to
-`_local_conv.local_conv`; nothing here is meant to be patched.
+`keras_localconn.ops.formulation(...)` pins any of these choices for the
+calls inside it (`pinned`): tests and benchmarks pin a computation that way,
+as a user would; nothing here is meant to be patched. A new formulation is
+one more choice of `Formulation`, derived in `formulation` beside the
+others, and one more branch where `_local_conv.local_conv` dispatches on
+its call's plan.
 """
 
 import contextlib
+import inspect
 import math
 import threading
 from typing import NamedTuple
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_localconn import _machine
 
@@ -44,6 +51,15 @@ from keras_localconn import _machine
 ASSUMED_BATCH = 32
 # Chunks a Python loop may unroll; beyond, `keras.ops.map` (one loop op).
 MAX_UNROLLED = 16
+# `keras.ops.scatter_update(..., reduction="add")` (Keras >= 3.14) is the
+# backends' native scatter-add (XLA scatter, `tensor_scatter_nd_add`,
+# `index_put_(accumulate=True)`): measured the fastest way to add
+# contributions into rows under tensorflow, jax and torch. Older Keras has no
+# scatter-add that is one op on every backend (torch's `scatter` loops over
+# the indices in Python and its `segment_sum` runs 4-6x slower): there the
+# forward engine's backward pass adds with a segment sum, and the transposed
+# engine gathers each output row's contributions back and sums them.
+HAS_SCATTER_ADD = "reduction" in inspect.signature(ops.scatter_update).parameters
 
 
 class Formulation(NamedTuple):
@@ -58,8 +74,8 @@ class Formulation(NamedTuple):
         group: chunks whose positions' input-gradient contributions the
             backward pass computes and adds together; None for all.
         scatter_add: the backward pass adds contributions with one
-            scatter-add (Keras >= 3.14), else with a segment sum; None for
-            what this Keras has.
+            scatter-add (Keras >= 3.14), else with a segment sum; None (a
+            pinned choice only) for what this Keras has, `HAS_SCATTER_ADD`.
         conv: one position group (a shared kernel) computes as
             `keras.ops.conv`, else as any other grouping.
     """
@@ -94,19 +110,33 @@ _pinned = threading.local()
 
 @contextlib.contextmanager
 def pinned(**choices):
-    """Inside the block, `formulation` returns `choices` over its own rule."""
+    """Inside the block, `formulation` returns `choices` over its own rule,
+    and `adds_by_scatter` the `scatter_add` choice."""
     unknown = set(choices) - set(Formulation._fields)
     if unknown:
         raise TypeError(
             f"keras_localconn.ops.formulation: unknown choice(s) {sorted(unknown)}; "
             f"the choices are {list(Formulation._fields)}."
         )
-    outer = getattr(_pinned, "choices", {})
+    if "scatter_add" in choices and choices["scatter_add"] is None:
+        choices["scatter_add"] = HAS_SCATTER_ADD
+    outer = _pinned_choices()
     _pinned.choices = {**outer, **choices}
     try:
         yield
     finally:
         _pinned.choices = outer
+
+
+def _pinned_choices():
+    return getattr(_pinned, "choices", {})
+
+
+def adds_by_scatter():
+    """Whether contributions are added into rows with one scatter-add (else
+    gathered back per row, or summed by segment): the pinned `scatter_add`,
+    else `HAS_SCATTER_ADD`. The transposed engine's one choice."""
+    return _pinned_choices().get("scatter_add", HAS_SCATTER_ADD)
 
 
 def _largest_divisor_near(n, target):
@@ -129,6 +159,7 @@ def chunk_positions(
     itemsize,
     filters,
     cache_bytes,
+    *,
     decoded=False,
     units=None,
     per_unit=1,
@@ -183,7 +214,7 @@ def chunk_positions(
 
 
 def backward_group(
-    geo, batch, itemsize, filters, chunk, cache_bytes, units=None, per_unit=1
+    geo, batch, itemsize, filters, chunk, cache_bytes, *, units=None, per_unit=1
 ):
     """Chunks whose input-gradient contributions are held at once: as many
     as fit in the kernel's bytes (at least one cache's worth); None for all."""
@@ -202,45 +233,37 @@ def _known(batch):
     return ASSUMED_BATCH
 
 
-def formulation(
-    geo,
-    batch,
-    dtype,
-    filters,
-    backend=None,
-    decoded=False,
-    units=None,
-    per_unit=1,
-):
-    """The `Formulation` for `geo` under `backend` (default: Keras').
+def formulation(geo, batch, dtype, filters, *, decoded=False, units=None, per_unit=1):
+    """The `Formulation` of one call, under Keras' backend.
 
     `batch` may be None or symbolic; `dtype` is the inputs' dtype; `decoded`:
     the kernel is decoded chunk by chunk; `units` and `per_unit`: position
-    groups' units (`chunk_positions`). Choices pinned with `pinned` replace
-    the rule's.
+    groups' units (`chunk_positions`; None: one per output position).
+    Choices pinned with `pinned` replace the rule's; the loop and the
+    backward groups follow the chunk, pinned or not.
     """
-    policy = _POLICIES.get(backend or keras.backend.backend(), _DEFAULT_POLICY)
+    choices = _pinned_choices()
+    policy = _POLICIES.get(keras.backend.backend(), _DEFAULT_POLICY)
     itemsize = np.dtype(keras.backend.standardize_dtype(dtype)).itemsize
-    choices = getattr(_pinned, "choices", {})
     cache_bytes = None if _machine.on_accelerator() else _machine.cache_bytes()
-    last_level = None
-    if decoded and cache_bytes is not None:
-        last_level = _machine.last_level_cache_bytes()
     units = geo.num_positions if units is None else units
     shape = dict(units=units, per_unit=per_unit)
-    chunk = choices.get(
-        "chunk",
-        chunk_positions(
+    if "chunk" in choices:
+        chunk = choices["chunk"]
+    else:
+        last_level = None
+        if decoded and cache_bytes is not None:
+            last_level = _machine.last_level_cache_bytes()
+        chunk = chunk_positions(
             geo,
             batch,
             itemsize,
             filters,
             cache_bytes,
-            decoded,
-            **shape,
+            decoded=decoded,
             last_level_bytes=last_level,
-        ),
-    )
+            **shape,
+        )
     many = chunk is not None and math.ceil(units / chunk) > MAX_UNROLLED
     rule = Formulation(
         chunk=chunk,
@@ -249,5 +272,7 @@ def formulation(
         group=backward_group(
             geo, batch, itemsize, filters, chunk, cache_bytes, **shape
         ),
+        scatter_add=HAS_SCATTER_ADD,
+        conv=True,
     )
     return rule._replace(**choices)

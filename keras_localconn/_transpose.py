@@ -7,26 +7,18 @@ the patches with each position's kernel, this one contracts each input
 position with its kernel first, giving one contribution per (position,
 offset), and adds every contribution into the output row that the forward
 engine would have read: one scatter-add where Keras has one (>= 3.14), else a
-gather of each output row's contributions and a sum. Then it drops the
-padding. The number of ops grows neither with the number of positions nor
-with the kernel size.
+gather of each output row's contributions and a sum (which one:
+`_schedule.adds_by_scatter`, which the ``scatter_add`` choice of
+`keras_localconn.ops.formulation` pins). Then it drops the padding. The
+number of ops grows neither with the number of positions nor with the
+kernel size.
 """
 
-import inspect
 import math
 
 from keras import ops
 
-from keras_localconn import _arguments, _shapes
-
-# `keras.ops.scatter_update(..., reduction="add")` (Keras >= 3.14) is the
-# backends' native scatter-add (XLA scatter, `tensor_scatter_nd_add`,
-# `index_put_(accumulate=True)`): measured the fastest formulation under
-# tensorflow, jax and torch. Older Keras has no scatter-add that is one op on
-# every backend (torch's `scatter` loops over the indices in Python and its
-# `segment_sum` runs 4-6x slower): there the contributions are gathered back
-# per output row and summed, which every Keras 3 can do.
-HAS_SCATTER_ADD = "reduction" in inspect.signature(ops.scatter_update).parameters
+from keras_localconn import _arguments, _schedule, _shapes
 
 
 def local_conv_transpose(
@@ -41,13 +33,11 @@ def local_conv_transpose(
     *,
     bias=None,
     owner="local_conv_transpose",
-    scatter_add=None,
 ):
-    """`keras_localconn.ops.local_conv_transpose`, plus a bias and a formulation.
+    """`keras_localconn.ops.local_conv_transpose`, plus a bias.
 
     `bias`, ``(prod(out), filters)``, is added while the result is still
-    position-major, before the final transpose. `scatter_add`: True for one
-    scatter-add, False for the gather-sum; None for `HAS_SCATTER_ADD`.
+    position-major, before the final transpose.
     """
     geo, channels_last = checked_geometry(
         inputs,
@@ -60,9 +50,9 @@ def local_conv_transpose(
         data_format,
         owner,
     )
-    if scatter_add is None:
-        scatter_add = HAS_SCATTER_ADD
-    return _matmul_scatter(inputs, kernel, bias, geo, channels_last, scatter_add)
+    return _matmul_scatter(
+        inputs, kernel, bias, geo, channels_last, _schedule.adds_by_scatter()
+    )
 
 
 def checked_geometry(

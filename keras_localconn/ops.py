@@ -415,7 +415,7 @@ def local_conv_transpose(
 
 @contextlib.contextmanager
 def formulation(**choices: Any) -> Iterator[None]:
-    """Pin how `local_conv` (and every forward layer) computes, inside a block.
+    """Pin how the ops (and the layers built on them) compute, inside a block.
 
     By default each call derives its formulation from the static shapes, the
     backend and the machine (the cache size the operating system reports,
@@ -437,7 +437,9 @@ def formulation(**choices: Any) -> Iterator[None]:
             ``group`` (chunks whose input-gradient contributions the
             backward pass adds at once; None for all),
             ``scatter_add`` (the backward pass adds them with one scatter-add,
-            Keras >= 3.14, else with a segment sum),
+            Keras >= 3.14, else with a segment sum; `local_conv_transpose`
+            adds its contributions with one scatter-add, else gathers and
+            sums them; None for what this Keras has),
             ``conv`` (one position group computes as `keras.ops.conv`, else
             as a grouped matmul). With position groups, ``chunk`` counts
             *units*: groups, or equal parts of the larger groups.

@@ -2,8 +2,8 @@
 
 `local_conv` chooses, by shape and backend, between all positions at once and
 positions in chunks, and between two row layouts of the input; each choice
-is forced here on every backend, so that none is only tested where it is the
-default.
+is pinned here on every backend, through `keras_localconn.ops.formulation`
+as a user pins it, so that none is only tested where it is the default.
 """
 
 import math
@@ -12,14 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_localconn import (
-    _arguments,
-    _local_conv,
-    _machine,
-    _schedule,
-    _transpose,
-    ops,
-)
+from keras_localconn import _arguments, _local_conv, _machine, _schedule, ops
 from keras_localconn._schedule import Formulation
 from keras_localconn.layers import LocallyConnected2D
 from tests.autodiff import gradients, to_numpy
@@ -51,23 +44,23 @@ FORMULATIONS = [
     Formulation(3, False, False, 1),
     Formulation(3, True, False, None, False),
 ]
-if not _transpose.HAS_SCATTER_ADD:  # Keras < 3.14: the segment sum only
-    FORMULATIONS = [f._replace(scatter_add=False) for f in FORMULATIONS]
 
 
 def _run(x, kernel, case, data_format, formulation, bias=None):
+    """The engine on `case`, every choice of `formulation` pinned (a
+    `scatter_add` of None: the one this Keras has)."""
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    return _local_conv.local_conv(
-        x,
-        kernel,
-        kernel_size,
-        strides=strides,
-        padding=padding,
-        dilation_rate=dilation,
-        data_format=data_format,
-        bias=bias,
-        formulation=formulation,
-    )
+    with ops.formulation(**formulation._asdict()):
+        return _local_conv.local_conv(
+            x,
+            kernel,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            dilation_rate=dilation,
+            data_format=data_format,
+            bias=bias,
+        )
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
@@ -224,21 +217,26 @@ def test_the_cache_comes_from_the_machine_or_the_environment(tmp_path, monkeypat
 
 
 def test_an_unknown_batch_is_scheduled_as_the_assumed_batch():
-    for backend in ("jax", "tensorflow", "torch", "numpy"):
-        assumed = _schedule.formulation(
-            L4, _schedule.ASSUMED_BATCH, "float32", 16, backend
-        )
-        assert _schedule.formulation(L4, None, "float32", 16, backend) == assumed
+    assumed = _schedule.formulation(L4, _schedule.ASSUMED_BATCH, "float32", 16)
+    assert _schedule.formulation(L4, None, "float32", 16) == assumed
 
 
 def test_many_chunks_go_through_one_loop_op_where_a_loop_would_be_unrolled():
+    """`(605 chunks, 5 chunks)` go through `keras.ops.map` (or not) under the
+    running backend: JAX always maps; TensorFlow unrolls a Python loop into
+    its graph, so only a few chunks loop; torch runs eagerly, where `map` is
+    a Python loop too."""
+    expected = {
+        "jax": (True, True),
+        "tensorflow": (True, False),
+        "torch": (False, False),
+        "numpy": (True, True),
+    }[keras.backend.backend()]
     with ops.formulation(chunk=5):  # 605 chunks
-        for backend in ("jax", "tensorflow"):
-            assert _schedule.formulation(L4, 8, "float32", 16, backend).loop_by_map
-        # torch runs eagerly: its `map` is a Python loop too.
-        assert not _schedule.formulation(L4, 8, "float32", 16, "torch").loop_by_map
+        many = _schedule.formulation(L4, 8, "float32", 16).loop_by_map
     with ops.formulation(chunk=605):  # 5 chunks
-        assert not _schedule.formulation(L4, 8, "float32", 16, "tensorflow").loop_by_map
+        few = _schedule.formulation(L4, 8, "float32", 16).loop_by_map
+    assert (many, few) == expected
 
 
 def test_a_pinned_formulation_replaces_the_rule_inside_its_block_only():
@@ -253,6 +251,17 @@ def test_a_pinned_formulation_replaces_the_rule_inside_its_block_only():
     with pytest.raises(TypeError, match="unknown choice.*chunks.*the choices are"):
         with ops.formulation(chunks=4):
             pass
+
+
+def test_a_pinned_scatter_add_holds_for_both_engines_and_none_is_this_keras():
+    assert _schedule.adds_by_scatter() == _schedule.HAS_SCATTER_ADD
+    with ops.formulation(scatter_add=False):
+        assert _schedule.adds_by_scatter() is False
+        assert _schedule.formulation(L4, 8, "float32", 16).scatter_add is False
+        with ops.formulation(scatter_add=None):
+            assert _schedule.adds_by_scatter() == _schedule.HAS_SCATTER_ADD
+            rule = _schedule.formulation(L4, 8, "float32", 16)
+            assert rule.scatter_add == _schedule.HAS_SCATTER_ADD
 
 
 def test_a_pinned_formulation_computes_the_same_layer():
@@ -297,15 +306,8 @@ def test_every_formulation_with_circular_or_explicit_padding(
 def test_chunks_in_a_model_traced_for_any_batch_size(batch_first, by_map):
     """A functional model is traced with an unknown batch size; predict
     then runs the chunked path on two sizes."""
-    formulation = Formulation(2, batch_first, by_map, 2)
-
-    class Chunked(LocallyConnected2D):
-        @staticmethod
-        def _engine(*args, **kwargs):
-            return _local_conv.local_conv(*args, **kwargs, formulation=formulation)
-
     inputs = keras.Input((6, 5, 3))
-    layer = Chunked(4, (3, 2), use_bias=False)
+    layer = LocallyConnected2D(4, (3, 2), use_bias=False)
     model = keras.Model(inputs, layer(inputs))
     kernel = to_numpy(layer.kernel)
     for batch in (3, 5):
@@ -314,7 +316,10 @@ def test_chunks_in_a_model_traced_for_any_batch_size(batch_first, by_map):
         expected = reference_local_conv(
             x, kernel, (3, 2), (1, 1), (1, 1), "valid", "channels_last"
         )
-        y = model.predict(x, verbose=0)
+        with ops.formulation(
+            chunk=2, batch_before_channels=batch_first, loop_by_map=by_map, group=2
+        ):
+            y = model.predict(x, verbose=0)
         np.testing.assert_allclose(y, expected, rtol=RTOL, atol=ATOL)
 
 

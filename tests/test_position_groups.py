@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from keras_localconn import _local_conv, from_conv, to_conv, untie
+from keras_localconn import _local_conv, from_conv, ops, to_conv, untie
 from keras_localconn._schedule import Formulation
 from keras_localconn.ops import local_conv
 from tests.autodiff import gradients, to_numpy
@@ -128,19 +128,22 @@ def _reference(x, kernel, bias, groups, out, case, data_format):
 
 
 def _run(x, kernel, case, data_format, position_groups, bias=None, formulation=None):
+    """The engine on `case`; with a `formulation`, every choice of it pinned
+    (a `scatter_add` of None: the one this Keras has)."""
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
-    return _local_conv.local_conv(
-        x,
-        kernel,
-        kernel_size,
-        strides=strides,
-        padding=padding,
-        dilation_rate=dilation,
-        data_format=data_format,
-        bias=bias,
-        position_groups=position_groups,
-        formulation=formulation,
-    )
+    choices = {} if formulation is None else formulation._asdict()
+    with ops.formulation(**choices):
+        return _local_conv.local_conv(
+            x,
+            kernel,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            dilation_rate=dilation,
+            data_format=data_format,
+            bias=bias,
+            position_groups=position_groups,
+        )
 
 
 # Named padding (FORWARD_CASES), and circular and explicit padding
@@ -612,9 +615,8 @@ def test_no_kernel_is_expanded_to_one_per_position(monkeypatch, formulation):
         return keras.ops.sum(outputs)
 
     def local_conv_with(inputs, weights):
-        return _local_conv.local_conv(
-            inputs, weights, 3, position_groups=2, formulation=formulation
-        )
+        with ops.formulation(**formulation._asdict()):
+            return _local_conv.local_conv(inputs, weights, 3, position_groups=2)
 
     assert tuple(local_conv_with(x, kernel).shape) == (1, 10, 10, 8)
     if keras.backend.backend() != "numpy":

@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_localconn import LocallyConnected2D, _local_conv
-from keras_localconn._schedule import Formulation
+from keras_localconn import LocallyConnected2D
 from keras_localconn.layers._base import LocalBase
+from keras_localconn.ops import formulation
 from tests.autodiff import gradients, to_numpy
 from tests.helpers import (
     LOCALLY_CONNECTED,
@@ -231,14 +231,9 @@ def test_a_quantized_transposed_layer_computes_with_its_dequantized_kernel(case,
     )
 
 
-class _Chunked(LocallyConnected2D):
-    """A layer whose engine runs two positions at a time (the int8 kernel
-    decoded chunk by chunk)."""
-
-    @staticmethod
-    def _engine(*args, **kwargs):
-        formulation = Formulation(2, True, False, 2)
-        return _local_conv.local_conv(*args, **kwargs, formulation=formulation)
+# The engine pinned to two positions at a time: the kernel decoded chunk by
+# chunk, under the chunked path's own gradient.
+_CHUNKED = dict(chunk=2, batch_before_channels=True, loop_by_map=False, group=2)
 
 
 @pytest.mark.training
@@ -249,27 +244,18 @@ def test_the_gradient_reaches_the_inputs_through_the_dequantized_kernel(mode, ch
     whose kernel is the dequantized one (the input quantization passes the
     gradient straight through, as Keras' Dense does)."""
     case = CASES[3] if not chunked else CASES[2]
-    if chunked:
-        _, spatial, kernel_size, strides, dilation, padding, data_format = case
-        layer = _Chunked(5, kernel_size, padding=padding, data_format=data_format)
-        x = random_array(batch_shape(2, spatial, 3, data_format))
-        layer.build(x.shape)
-        layer.set_weights([random_array(w.shape, 3) for w in layer.weights])
-        # A subclass computes as it likes: Keras' type check refuses it.
-        with pytest.raises(NotImplementedError, match="quantize"):
-            layer.quantize(**_config(mode))
-        layer.quantize(type_check=False, **_config(mode))
-    else:
-        layer, x = _layer(case)
-        layer.quantize(**_config(mode))
+    layer, x = _layer(case)
+    layer.quantize(**_config(mode))
     dequantized = dequantized_kernel(layer)
-    outputs = to_numpy(layer(x))
-    cotangent = random_array(outputs.shape, 7)
+    with formulation(**(_CHUNKED if chunked else {})):
+        outputs = to_numpy(layer(x))
+        cotangent = random_array(outputs.shape, 7)
 
-    def loss(inputs):
-        return keras.ops.sum(layer(inputs) * keras.ops.convert_to_tensor(cotangent))
+        def loss(inputs):
+            outputs = layer(inputs) * keras.ops.convert_to_tensor(cotangent)
+            return keras.ops.sum(outputs)
 
-    (grad_inputs,) = gradients(loss, x)
+        (grad_inputs,) = gradients(loss, x)
     v = np.random.default_rng(8).normal(size=x.shape)
     np.testing.assert_allclose(
         np.sum(grad_inputs * v),

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_localconn import _shapes, _transpose
-from keras_localconn.ops import local_conv, local_conv_transpose
+from keras_localconn import _schedule, _shapes
+from keras_localconn.ops import formulation, local_conv, local_conv_transpose
 from tests.autodiff import gradients, to_numpy
 from tests.helpers import (
     CONV_TRANSPOSE,
@@ -26,7 +26,7 @@ FILTERS = 3
 # The scatter-add formulation needs keras.ops.scatter_update(reduction=...),
 # which older Keras releases lack; there only the gather-sum one exists.
 FORMULATIONS = [
-    *([pytest.param(True, id="scatter-add")] if _transpose.HAS_SCATTER_ADD else []),
+    *([pytest.param(True, id="scatter-add")] if _schedule.HAS_SCATTER_ADD else []),
     pytest.param(False, id="gather-sum"),
 ]
 
@@ -161,9 +161,8 @@ def test_local_conv_transpose_equals_numpy_reference(case, data_format):
 def test_both_formulations_equal_numpy_reference(case, data_format, scatter_add):
     """The scatter-add and the gather-then-sum (Keras < 3.14) agree."""
     y, kernel = _random_problem(case, data_format)
-    x = _transpose.local_conv_transpose(
-        y, kernel, **_arguments(case, data_format), scatter_add=scatter_add
-    )
+    with formulation(scatter_add=scatter_add):
+        x = local_conv_transpose(y, kernel, **_arguments(case, data_format))
     expected = reference_local_conv_transpose(
         y, kernel, **_reference_arguments(case, data_format)
     )
