@@ -353,6 +353,19 @@ def test_quantize_refuses_what_keras_refuses():
         half.quantize("int8")
 
 
+def test_quantize_refuses_a_subclass_by_type_as_dense_does():
+    class Custom(LocallyConnected2D):  # may compute otherwise than its base
+        pass
+
+    layer = Custom(4, 3)
+    layer.build((None, 6, 5, 3))
+    with pytest.raises(NotImplementedError, match="Custom"):
+        layer.quantize("int8")
+    assert layer.quantization_mode is None
+    layer.quantize("int8", type_check=False)
+    assert layer.quantization_mode == "int8"
+
+
 @pytest.mark.parametrize("mode", ["float8", "gptq"])
 def test_unsupported_modes_are_refused_naming_the_supported_ones(mode):
     layer, _ = _layer(CASES[2])
