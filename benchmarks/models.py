@@ -45,6 +45,7 @@ Eigen.
 """
 
 import functools
+import importlib.util
 import math
 
 import numpy as np
@@ -239,6 +240,12 @@ def _keras2_model(shapes, seed=0):
 MODEL_BUILDERS = {"ours": _keras3_model, "tf.keras 2 implementation=1": _keras2_model}
 
 
+def keras2_available():
+    """Whether tf.keras 2 is installed: a GPU machine's bare image has no
+    TensorFlow (integration/gpu_check.py), and there ours is timed alone."""
+    return importlib.util.find_spec("tf_keras") is not None
+
+
 def _inputs_and_targets(shapes, batch, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *shapes[0].input_shape[1:]), dtype=np.float32)
@@ -361,10 +368,9 @@ def time_models(backend, rounds=9, budget_s=20.0):
                 f"    {shape.name} batch {batch}: {entry['ours_ms']:.1f} ms, "
                 f"limit {entry['limit_ms']:.1f} ms"
             )
-    both = {
-        "ours": _keras3_model(DEEPFACE_LAYERS),
-        "keras2": _keras2_model(DEEPFACE_LAYERS),
-    }
+    both = {"ours": _keras3_model(DEEPFACE_LAYERS)}
+    if keras2_available():
+        both["keras2"] = _keras2_model(DEEPFACE_LAYERS)
     stack = {
         mode: _side_by_side(both, DEEPFACE_LAYERS, batch, mode, rates, rounds, budget_s)
         for mode, batch in (
@@ -401,7 +407,7 @@ def time_regimes(rates, shapes=REGIMES, rounds=REGIME_ROUNDS, budget_s=REGIME_BU
     timed = {}
     for shape in shapes:
         models = {"ours": _keras3_model((shape,))}
-        if not shape.keras2_skipped:
+        if not shape.keras2_skipped and keras2_available():
             models["keras2"] = _keras2_model((shape,))
         entry = {
             mode: _side_by_side(
