@@ -8,9 +8,10 @@ does the whole check within `DEADLINE_S`:
 1. prints the Python, the torch and jax versions and the devices each sees;
 2. installs Keras and pytest from wheels carried beside the tree
    (``pip install --no-index --find-links .gpu_wheels``);
-3. runs `TEST_FILES` under ``KERAS_BACKEND=jax``, then ``torch``, each in its
-   own process and time limit, in full float32 (TF32 off: the tests compare
-   with NumPy at float32 tolerances);
+3. runs a sample of the engine and layer tests (`FULL`: every test function,
+   on a few of its parametrizations) under ``KERAS_BACKEND=jax``, then
+   ``torch``, each in its own process and time limit, in full float32 (TF32
+   off: the tests compare with NumPy at float32 tolerances);
 4. runs each part of `BENCH_PARTS` (``python -m benchmarks.run --only PART``)
    under jax and torch, each in its own process, in the time left; a part that
    fails (one this tree does not have yet, say) is logged and the next runs.
@@ -39,6 +40,7 @@ Rehearse it on a CPU (a tiny test subset, short limits)::
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -90,37 +92,58 @@ PRESENT_ON_DEVICE_PREFIXES = ("nvidia-", "jax-cuda")
 WHEELS_LIMIT_MB = 40
 
 BACKENDS = ("jax", "torch")
-# The engine and layer tests that exercise the formulations, padding modes,
-# position groups, quantized kernels and the transposed layers: about N s
-# per backend on a 2-core CPU here (see docs/backends.md).
-TEST_FILES = (
-    "tests/test_formulations.py",
-    "tests/test_padding_modes.py",
-    "tests/test_position_groups.py",
-    "tests/test_quantization.py",
-    "tests/test_layers_transpose.py",
-)
-QUICK_TESTS = ("tests/test_quantization.py",)
 # Parts of benchmarks/run.py, in the order they run.
 BENCH_PARTS = "deepface,genomics"
 BENCH_ARGS = ("--no-memory",)  # peak host memory says nothing about a GPU
 
-# Cases run per test function (`sampled`): every test function runs, on
-# parametrizations spread over its grid.
-PER_TEST = 3
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the check runs and the limits (seconds) of its steps.
+
+    `per_test` cases of each test function run (``integration/gpu_sample.py``,
+    per backend): every property is checked, on fewer cases. The benchmark
+    steps share what the tests leave, at most `bench_limit_s` each.
+    """
+
+    tests: tuple
+    per_test: dict
+    test_limit_s: dict
+    bench_limit_s: float
+    install_limit_s: float = 90
+    probe_limit_s: float = 60
+
+
+# The engine and layer tests of the formulations, padding modes, position
+# groups, quantized kernels and the transposed layers. On a 2-core CPU here
+# (2026-12-04, shared) the sample took 57 s of CPU under jax (1 case each,
+# 94 tests; nearly all of it compilation, which is slower for a GPU) and
+# 13 s under torch (2 each, 145 tests).
+FULL = Plan(
+    tests=(
+        "tests/test_formulations.py",
+        "tests/test_padding_modes.py",
+        "tests/test_position_groups.py",
+        "tests/test_quantization.py",
+        "tests/test_layers_transpose.py",
+        "tests/test_transpose.py",
+    ),
+    per_test={"jax": 1, "torch": 3},
+    test_limit_s={"jax": 150, "torch": 60},
+    bench_limit_s=150,
+)
+# A rehearsal on a CPU: one small file, short limits.
+QUICK = Plan(
+    tests=("tests/test_quantization.py",),
+    per_test={"jax": 1, "torch": 1},
+    test_limit_s={"jax": 90, "torch": 90},
+    bench_limit_s=60,
+)
 
 # Seconds. Everything is done within DEADLINE_S of the start; a step is
 # interrupted (SIGINT: pytest prints its summary) at its limit, killed
-# GRACE_S later, and skipped if it would get less than MIN_STEP_S. The
-# benchmark steps share what the others leave, at most BENCH_LIMIT_S each.
+# GRACE_S later, and skipped if it would get less than MIN_STEP_S.
 DEADLINE_S = 480
-PROBE_LIMIT_S = 60
-LIMITS = {
-    "INSTALL_LIMIT_S": 90,
-    "TEST_LIMIT_S": 110,
-    "BENCH_LIMIT_S": 150,
-}
-QUICK_LIMITS = {**LIMITS, "TEST_LIMIT_S": 90, "BENCH_LIMIT_S": 60}
 GRACE_S = 10
 RESERVE_S = 5
 MIN_STEP_S = 10
@@ -236,9 +259,7 @@ class Steps:
         `log_path`, interrupted at `limit_s` or before the deadline; the
         step's record (also kept in `records`)."""
         limit_s = min(limit_s, self.left_s())
-        shown = " ".join(command[:12]) + (
-            f" ... ({len(command) - 12} more)" if len(command) > 12 else ""
-        )
+        shown = " ".join("<script>" if "\n" in part else part for part in command)
         record = {"step": name, "command": shown}
         self.records.append(record)
         if limit_s < MIN_STEP_S:
@@ -311,10 +332,10 @@ print("probe:", json.dumps(found))
 """
 
 
-def probe(steps, python, log_path):
+def probe(steps, python, limit_s, log_path):
     """The Python, torch and jax and the devices they see, from a fresh
     process, and ``nvidia-smi -L``."""
-    steps.run("probe", [python, "-c", PROBE], PROBE_LIMIT_S, log_path)
+    steps.run("probe", [python, "-c", PROBE], limit_s, log_path)
     lines = log_path.read_text().splitlines()
     found = [line for line in lines if line.startswith("probe: ")]
     machine = json.loads(found[-1][len("probe: ") :]) if found else {}
@@ -338,19 +359,19 @@ def test_counts(log_text):
     return {"counts": counts, "pytest_summary": closing[-1] if closing else None}
 
 
-def run_tests(steps, args, backend, limits, out):
-    """At most `args.per_test` cases of each test function of `args.tests`
-    (``integration/gpu_sample.py``) on `backend`, in full float32; whether
+def run_tests(steps, args, plan, backend, out):
+    """The sample of `plan`'s tests on `backend`, in full float32; whether
     they ran and passed."""
+    per_test = args.per_test or plan.per_test[backend]
     log_path = out / f"tests_{backend}.log"
     record = steps.run(
         f"tests-{backend}",
         [
             *(args.python, "-m", "pytest", "-v", "-p", "no:cacheprovider"),
-            *("-p", "integration.gpu_sample", "--per-test", str(args.per_test)),
-            *("--durations=10", *args.tests),
+            *("-p", "integration.gpu_sample", "--per-test", str(per_test)),
+            *("--durations=10", *(args.tests or plan.tests)),
         ],
-        limits["TEST_LIMIT_S"],
+        plan.test_limit_s[backend],
         log_path,
         env={"KERAS_BACKEND": backend, **FULL_FLOAT32_ENV},
     )
@@ -360,19 +381,11 @@ def run_tests(steps, args, backend, limits, out):
     return record.get("returncode") == 0
 
 
-def bench_results(results, backend, out):
-    """`benchmarks/run.py`'s results file of `backend`, copied under `out`;
-    the parts it holds, as the file records them."""
-    source = results / f"{backend}.json"
-    if not source.exists():
-        return None
-    shutil.copyfile(source, out / f"bench_{backend}.json")
-    stored = json.loads(source.read_text())
-    merged = [entry["parts"] for entry in stored.get("merged", [])]
-    return {"first_run": True, "merged": merged}
+def _modified_ns(path):
+    return path.stat().st_mtime_ns if path.exists() else None
 
 
-def run_bench(steps, args, limits, out):
+def run_bench(steps, args, plan, out):
     """Each part of `args.parts` on each backend, sharing the time left;
     whether every one finished."""
     parts = [part for part in args.parts.split(",") if part]
@@ -381,6 +394,8 @@ def run_bench(steps, args, limits, out):
     finished = True
     for done, (part, backend) in enumerate(todo):
         share_s = steps.left_s() / (len(todo) - done)
+        stored = results / f"{backend}.json"
+        before = _modified_ns(stored)
         record = steps.run(
             f"bench-{part}-{backend}",
             [
@@ -388,11 +403,14 @@ def run_bench(steps, args, limits, out):
                 *("--results", str(results), "--docs", str(results / "docs")),
                 *args.bench_args,
             ],
-            min(limits["BENCH_LIMIT_S"], share_s),
+            min(plan.bench_limit_s, share_s),
             out / "bench.log",
             env={"KERAS_BACKEND": backend},
         )
-        record["results"] = bench_results(results, backend, out)
+        # run.py writes its results file only once the part is done.
+        record["recorded"] = _modified_ns(stored) != before
+        if record["recorded"]:
+            shutil.copyfile(stored, out / f"bench_{backend}.json")
         finished = finished and record.get("returncode") == 0
     return finished
 
@@ -402,9 +420,7 @@ def run_check(args):
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     check_log = out / "check.log"
-    limits = dict(QUICK_LIMITS if args.quick else LIMITS)
-    args.tests = args.tests or (QUICK_TESTS if args.quick else TEST_FILES)
-    args.per_test = args.per_test or (1 if args.quick else PER_TEST)
+    plan = QUICK if args.quick else FULL
 
     def echo(text):
         print(text, flush=True)
@@ -415,8 +431,8 @@ def run_check(args):
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "quick": args.quick,
-        "tests": list(args.tests),
-        "tests_per_function": args.per_test,
+        "tests": list(args.tests or plan.tests),
+        "tests_per_function": {b: args.per_test or plan.per_test[b] for b in BACKENDS},
         "tests_env": FULL_FLOAT32_ENV,
         "bench_parts": args.parts,
         "steps": steps.records,
@@ -426,7 +442,7 @@ def run_check(args):
         summary["wall_s"] = round(time.monotonic() - steps.started, 1)
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
-    summary["machine"] = probe(steps, args.python, check_log)
+    summary["machine"] = probe(steps, args.python, plan.probe_limit_s, check_log)
     write_summary()
     installed = steps.run(
         "install",
@@ -434,16 +450,16 @@ def run_check(args):
             *(args.python, "-m", "pip", "install", "--no-index", "--no-cache-dir"),
             *("--find-links", str(args.wheels.resolve()), *REQUIREMENTS),
         ],
-        limits["INSTALL_LIMIT_S"],
+        plan.install_limit_s,
         check_log,
     )
     write_summary()
     summary["tests_passed"] = installed.get("returncode") == 0
     for backend in BACKENDS:
-        passed = run_tests(steps, args, backend, limits, out)
+        passed = run_tests(steps, args, plan, backend, out)
         summary["tests_passed"] = summary["tests_passed"] and passed
         write_summary()
-    summary["bench_finished"] = run_bench(steps, args, limits, out)
+    summary["bench_finished"] = run_bench(steps, args, plan, out)
     write_summary()
     echo(f"Summary ({out / 'summary.json'}):")
     for record in steps.records:
@@ -464,26 +480,35 @@ def main():
     prepare_parser = commands.add_parser("prepare", help="download the wheels here")
     prepare_parser.add_argument("--wheels", type=pathlib.Path, default=WHEELS)
     run_parser = commands.add_parser("run", help="the check, on the GPU machine")
-    run_parser.add_argument("--out", type=pathlib.Path, required=True)
-    run_parser.add_argument("--wheels", type=pathlib.Path, default=WHEELS)
+    run_parser.add_argument(
+        "--out", type=pathlib.Path, required=True, help="where the results go"
+    )
+    run_parser.add_argument(
+        "--wheels", type=pathlib.Path, default=WHEELS, help="the carried wheels"
+    )
     run_parser.add_argument(
         "--python", default=sys.executable, help="the Python to test with"
     )
     run_parser.add_argument(
-        "--quick", action="store_true", help="a CPU rehearsal: tiny subset, short"
+        "--quick", action="store_true", help="a CPU rehearsal (the QUICK plan)"
     )
     run_parser.add_argument(
-        "--tests", nargs="+", help=f"test files or ids (default: {TEST_FILES})"
+        "--tests", nargs="+", help="test files or ids (default: the plan's)"
     )
     run_parser.add_argument(
         "--per-test",
         type=int,
-        help=f"cases run per test function (default: {PER_TEST})",
+        help=f"cases run per test function (default: {FULL.per_test})",
     )
     run_parser.add_argument(
         "--parts", default=BENCH_PARTS, help=f"bench parts (default: {BENCH_PARTS})"
     )
-    run_parser.add_argument("--deadline", type=float, default=DEADLINE_S)
+    run_parser.add_argument(
+        "--deadline",
+        type=float,
+        default=DEADLINE_S,
+        help=f"seconds for everything (default: {DEADLINE_S})",
+    )
     run_parser.add_argument(
         "--bench-args",
         nargs=argparse.REMAINDER,
