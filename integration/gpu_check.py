@@ -386,14 +386,16 @@ def _modified_ns(path):
 
 
 def run_bench(steps, args, plan, out):
-    """Each part of `args.parts` on each backend, sharing the time left;
-    whether every one finished."""
+    """Each part of `args.parts` on each backend, in the time left; whether
+    every one finished."""
     parts = [part for part in args.parts.split(",") if part]
     results = pathlib.Path(tempfile.mkdtemp(prefix="gpu-check-bench-"))
     todo = [(part, backend) for part in parts for backend in BACKENDS]
     finished = True
     for done, (part, backend) in enumerate(todo):
-        share_s = steps.left_s() / (len(todo) - done)
+        # Up to twice an even share of the time left: one part may take
+        # longer than the next ones, not all of their time.
+        share_s = 2 * steps.left_s() / (len(todo) - done)
         stored = results / f"{backend}.json"
         before = _modified_ns(stored)
         record = steps.run(
