@@ -127,6 +127,7 @@ FULL = Plan(
         "tests/test_quantization.py",
         "tests/test_layers_transpose.py",
         "tests/test_transpose.py",
+        "tests/test_taps.py",  # the per-tap formulation (issue 32), once merged
     ),
     per_test={"jax": 1, "torch": 3},
     test_limit_s={"jax": 150, "torch": 60},
@@ -363,13 +364,18 @@ def run_tests(steps, args, plan, backend, out):
     """The sample of `plan`'s tests on `backend`, in full float32; whether
     they ran and passed."""
     per_test = args.per_test or plan.per_test[backend]
+    # A file this tree lacks (one not merged yet) would stop the whole run.
+    tests = [t for t in args.tests or plan.tests if (ROOT / t.split("::")[0]).exists()]
+    missing = sorted(set(args.tests or plan.tests) - set(tests))
+    if missing:
+        steps.echo(f"[tests-{backend}] not in this tree, left out: {missing}")
     log_path = out / f"tests_{backend}.log"
     record = steps.run(
         f"tests-{backend}",
         [
             *(args.python, "-m", "pytest", "-v", "-p", "no:cacheprovider"),
             *("-p", "integration.gpu_sample", "--per-test", str(per_test)),
-            *("--durations=10", *(args.tests or plan.tests)),
+            *("--durations=10", *tests),
         ],
         plan.test_limit_s[backend],
         log_path,
