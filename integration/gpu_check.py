@@ -118,7 +118,7 @@ class Plan:
 # groups, quantized kernels and the transposed layers. On a 2-core CPU here
 # (2026-12-04, shared) the sample took 57 s of CPU under jax (1 case each,
 # 94 tests; nearly all of it compilation, which is slower for a GPU) and
-# 13 s under torch (2 each, 145 tests).
+# 13 s under torch (3 each, 193 tests).
 FULL = Plan(
     tests=(
         "tests/test_formulations.py",
