@@ -296,3 +296,11 @@ def _export(session, backend):
 
 
 _backend_sessions("export", TRAINING_BACKENDS, TRAINING_BACKENDS, _export)
+
+
+@nox.session
+def gpu_wheels(session):
+    """Wheels for the GPU check (integration/gpu_check.py), into .gpu_wheels."""
+    # uv resolves for each Python the device may have; pip downloads.
+    session.install("uv")
+    session.run("python", "integration/gpu_check.py", "prepare", *session.posargs)
