@@ -1,8 +1,8 @@
-"""What several test modules share: random data, the layer tables,
-`run_layer_test`'s arguments, the case grids of the forward op with their ids
-and random problem, the formulations' ids, trained-looking convolutions with
-the padding both kinds of layer share, a quantized layer's kernel and inputs
-in NumPy, the gradient check and jax's local convolution as an oracle.
+"""What several test modules share: random data, the layer tables, the case
+grids of the forward op with their ids and random problem, the formulations'
+ids, trained-looking convolutions with the padding both kinds of layer share,
+a quantized layer's kernel and inputs in NumPy, the gradient check and jax's
+local convolution as an oracle.
 
 Test modules import from here (and from the reference modules); none imports
 from another test module.
