@@ -6,6 +6,12 @@ Markers (registered in pyproject.toml):
   inference-only numpy backend.
 - ``@pytest.mark.backends("tensorflow", ...)``: runs only under the named
   backends; deselected (not skipped) elsewhere.
+- ``@pytest.mark.needs_keras("3.13.0")``: needs at least that Keras (files
+  an older one cannot read, features it lacks); deselected under an older
+  one.
+
+A test with nothing to check under a backend or a Keras carries one of these;
+it never passes by returning early.
 """
 
 import importlib.util

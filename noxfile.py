@@ -20,10 +20,14 @@ Each also exists per backend (``demo-torch``, ``bench-jax``, ...).
 
 Backends are installed for the accelerator this machine has: CPU builds by
 default, CUDA builds when ``nvidia-smi`` is on the PATH (override with
-``LOCALCONN_ACCELERATOR=cpu`` or ``cuda``). On CPU, torch is pinned to the
-build this project's machines hold locally, ``torch==2.13.0``; set
-``LOCALCONN_TORCH`` to another pip requirement (``LOCALCONN_TORCH=torch``,
-``LOCALCONN_TORCH="torch>=2.6"``) to change it.
+``LOCALCONN_ACCELERATOR=cpu`` or ``cuda``). On CPU, torch is pinned to a CPU
+build, ``torch==2.13.0`` (an unpinned ``torch`` resolves to a CUDA build of
+several GB); set ``LOCALCONN_TORCH`` to another pip requirement
+(``LOCALCONN_TORCH=torch``, ``LOCALCONN_TORCH="torch>=2.6"``) to change it.
+
+The test sessions run one pytest-xdist worker per CPU the process may use
+(``-n auto``; ``PYTEST_XDIST_AUTO_NUM_WORKERS`` sets another number). Arguments
+after ``--`` replace those options: ``nox -s tests-jax -- tests/test_ops.py``.
 
 Development dependencies are the PEP 735 ``[dependency-groups]`` of
 pyproject.toml.
@@ -72,7 +76,7 @@ def backend_requirements(backend):
         return ["jax[cuda12]" if cuda else "jax[cpu]"]
     if backend == "torch":
         # An unpinned `torch` resolves to a multi-GB CUDA build, only wanted
-        # where there is a GPU; the default CPU pin lies on local disk here.
+        # where there is a GPU; on a CPU the pin is a CPU build.
         default = "torch" if cuda else "torch==2.13.0"
         return [os.environ.get("LOCALCONN_TORCH", default)]
     if backend == "numpy":
@@ -120,11 +124,17 @@ def _bind(function, backend):
     return session_function
 
 
+# pytest-xdist's `auto`: one worker per CPU this process may use, so the
+# sessions follow whatever machine runs them. `loadfile` keeps each module on
+# one worker, which then runs the module's setup once.
+PYTEST_WORKERS = ["-n", "auto", "--dist", "loadfile"]
+
+
 def _run_tests(session, backend):
     """Unit and integration tests."""
     groups = ["test", "keras2"] if backend == "tensorflow" else ["test"]
     install_backend(session, backend, *_groups(*groups))
-    session.run("pytest", *(session.posargs or ["-n", "2", "--dist", "loadfile"]))
+    session.run("pytest", *(session.posargs or PYTEST_WORKERS))
     if backend == "jax" and not session.posargs:
         # The docstring examples run as doctests in one session.
         session.run("pytest", "--doctest-modules", "keras_localconn", "-q")
@@ -163,7 +173,7 @@ def tests_oldest(session):
     session.install("--no-deps", "-e", ".")
     session.env["KERAS_BACKEND"] = "jax"
     session.run("python", "-c", "import keras, numpy; print(keras.__version__)")
-    session.run("pytest", *(session.posargs or ["-n", "2", "--dist", "loadfile"]))
+    session.run("pytest", *(session.posargs or PYTEST_WORKERS))
 
 
 @nox.session

@@ -1,8 +1,8 @@
-"""What several test modules share: random data, the layer tables,
-`run_layer_test`'s arguments, the case grids of the forward op with their ids
-and random problem, the formulations' ids, trained-looking convolutions with
-the padding both kinds of layer share, a quantized layer's kernel and inputs
-in NumPy, the gradient check and jax's local convolution as an oracle.
+"""What several test modules share: random data, the layer tables, the case
+grids of the forward op with their ids and random problem, the formulations'
+ids, trained-looking convolutions with the padding both kinds of layer share,
+a quantized layer's kernel and inputs in NumPy, the gradient check and jax's
+local convolution as an oracle.
 
 Test modules import from here (and from the reference modules); none imports
 from another test module.
@@ -66,34 +66,6 @@ def batch_shape(batch, spatial, channels, data_format):
     if data_format == "channels_last":
         return (batch, *spatial, channels)
     return (batch, channels, *spatial)
-
-
-_REGULARIZERS = ("kernel_regularizer", "bias_regularizer", "activity_regularizer")
-
-
-def layer_test_parameters(name, input_spatial, output_spatial, **init_kwargs):
-    """One named configuration of `TestCase.run_layer_test`, Keras' checks.
-
-    A batch of 2 with 2 channels in `init_kwargs`' data format goes in;
-    `output_spatial`, which the caller derives from a reference, comes out
-    with `init_kwargs["filters"]` channels. The layer holds a kernel and,
-    unless `use_bias=False`, a bias, all trainable, and adds one loss for
-    each regularizer in `init_kwargs`.
-    """
-    assert min(output_spatial) > 0, f"{name}: an empty output {output_spatial}"
-    data_format = init_kwargs.get("data_format", "channels_last")
-    return dict(
-        testcase_name=name,
-        init_kwargs=init_kwargs,
-        input_shape=batch_shape(2, input_spatial, 2, data_format),
-        expected_output_shape=batch_shape(
-            2, output_spatial, init_kwargs["filters"], data_format
-        ),
-        expected_num_trainable_weights=2 if init_kwargs.get("use_bias", True) else 1,
-        expected_num_non_trainable_weights=0,
-        expected_num_losses=sum(key in init_kwargs for key in _REGULARIZERS),
-        supports_masking=False,
-    )
 
 
 # --------------------------------------------------------------------------

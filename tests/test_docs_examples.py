@@ -1,5 +1,6 @@
 """The code on the documentation's example pages runs and does what it says."""
 
+import math
 import os
 import pathlib
 import re
@@ -103,7 +104,10 @@ def test_tensorflow_channels_first_conv1d_is_refused_without_onednn_and_runs_wit
     if onednn == "0":
         assert value == "None"
     else:
-        assert value != "None" and float(value) >= 0.0
+        # It ran and compared: a finite difference, 0 on some CPUs and not on
+        # others (the page's evidence), never NaN or infinite.
+        assert value != "None"
+        assert math.isfinite(float(value)), value
 
 
 @pytest.mark.needs_keras("3.13.0")  # Keras' quantization configs

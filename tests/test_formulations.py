@@ -323,29 +323,45 @@ def test_chunks_in_a_model_traced_for_any_batch_size(batch_first, by_map):
         np.testing.assert_allclose(y, expected, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("column_scale", [False, True], ids=["decoded", "column"])
-@pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
-def test_an_encoded_kernel_is_decoded_chunk_by_chunk(formulation, column_scale):
-    """Forward against the reference on the decoded kernel, its scale
-    applied to the kernel or to the outputs; the gradient reaches the inputs
-    (an encoded kernel has none)."""
+def _encoded_problem(column_scale):
+    """Inputs, an int8 encoded kernel, its decoded float kernel and the
+    reference's arguments, on one forward case."""
     case = FORWARD_CASES[1]
     spatial, channels, kernel_size, strides, dilation, padding, batch = case
     x, kernel, out, filters = random_forward_problem(case, "channels_last")
     encoded, decoded = int8_encoded(kernel, column_scale)
-    ref = dict(
+    reference_arguments = dict(
         kernel_size=kernel_size,
         strides=strides,
         dilation=dilation,
         padding=padding,
         data_format="channels_last",
     )
+    return case, x, encoded, decoded, reference_arguments
+
+
+@pytest.mark.parametrize("column_scale", [False, True], ids=["decoded", "column"])
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
+def test_an_encoded_kernel_is_decoded_chunk_by_chunk(formulation, column_scale):
+    """Forward against the reference on the decoded kernel, its scale
+    applied to the kernel or to the outputs."""
+    case, x, encoded, decoded, ref = _encoded_problem(column_scale)
     y = _run(x, encoded, case, "channels_last", formulation)
     expected = reference_local_conv(x, decoded, **ref)
     np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
-    if keras.backend.backend() == "numpy":
-        return
-    cotangent = np.random.default_rng(5).normal(size=expected.shape).astype("float32")
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("column_scale", [False, True], ids=["decoded", "column"])
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=formulation_id)
+def test_the_gradient_reaches_the_inputs_through_an_encoded_kernel(
+    formulation, column_scale
+):
+    """That of the decoded kernel, chunk by chunk (an encoded kernel has no
+    gradient of its own)."""
+    case, x, encoded, decoded, ref = _encoded_problem(column_scale)
+    expected_shape = reference_local_conv(x, decoded, **ref).shape
+    cotangent = np.random.default_rng(5).normal(size=expected_shape).astype("float32")
 
     def loss(inputs):
         outputs = _run(inputs, encoded, case, "channels_last", formulation)

@@ -5,7 +5,6 @@ import math
 import keras
 import numpy as np
 import pytest
-from absl.testing import parameterized
 
 from keras_localconn import (
     LocallyConnected1DTranspose,
@@ -20,14 +19,11 @@ from tests.helpers import (
     LOCALLY_CONNECTED,
     LOCALLY_CONNECTED_TRANSPOSE,
     batch_shape,
-    layer_test_parameters,
     random_array,
     randomize_weights,
 )
-from tests.keras_testing import TestCase
 from tests.reference_transpose import (
     reference_local_conv_transpose,
-    reference_transpose_length,
 )
 
 SPATIAL = {1: (5,), 2: (4, 3), 3: (3, 2, 2)}
@@ -288,140 +284,6 @@ def test_input_of_wrong_rank_or_channels_is_a_value_error():
 # --------------------------------------------------------------------------
 # Keras behaviour
 # --------------------------------------------------------------------------
-
-
-def _layer_test(name, spatial, output_padding=None, **init_kwargs):
-    """`run_layer_test`'s arguments, the output shape from the reference."""
-    rank = len(spatial)
-    output_spatial = tuple(
-        reference_transpose_length(n, k, s, d, init_kwargs.get("padding", "valid"), op)
-        for n, k, s, d, op in zip(
-            spatial,
-            init_kwargs["kernel_size"],
-            init_kwargs.get("strides", (1,) * rank),
-            init_kwargs.get("dilation_rate", (1,) * rank),
-            output_padding or (None,) * rank,
-        )
-    )
-    if output_padding is not None:
-        init_kwargs["output_padding"] = output_padding
-    return layer_test_parameters(name, spatial, output_spatial, **init_kwargs)
-
-
-# A covering set, not a product: in every rank "valid", "same" and an
-# `output_padding`, strides, dilation, both data formats, a layer without
-# bias and one with regularizers.
-REGULARIZED = dict(activity_regularizer="l2", kernel_regularizer="l1")
-LAYER_TESTS = {
-    1: [
-        _layer_test("valid_strided", (4,), filters=3, kernel_size=(3,), strides=(2,)),
-        _layer_test(
-            "same_dilated_channels_first",
-            (4,),
-            filters=3,
-            kernel_size=(3,),
-            dilation_rate=(2,),
-            padding="same",
-            data_format="channels_first",
-        ),
-        _layer_test(
-            "output_padding_strided_channels_first_without_bias",
-            (4,),
-            output_padding=(2,),
-            filters=3,
-            kernel_size=(2,),
-            strides=(3,),
-            data_format="channels_first",
-            use_bias=False,
-        ),
-        _layer_test(
-            "same_strided_regularized",
-            (4,),
-            filters=3,
-            kernel_size=(3,),
-            strides=(2,),
-            padding="same",
-            **REGULARIZED,
-        ),
-    ],
-    2: [
-        _layer_test(
-            "output_padding_strided_channels_first_regularized",
-            (4, 3),
-            output_padding=(1, 0),
-            filters=3,
-            kernel_size=(3, 2),
-            strides=(2, 1),
-            data_format="channels_first",
-            **REGULARIZED,
-        ),
-        _layer_test(
-            "valid_dilated", (4, 3), filters=3, kernel_size=(2, 2), dilation_rate=(1, 2)
-        ),
-        _layer_test(
-            "same_strided_without_bias",
-            (4, 3),
-            filters=3,
-            kernel_size=(3, 3),
-            strides=(2, 2),
-            padding="same",
-            use_bias=False,
-        ),
-    ],
-    3: [
-        _layer_test(
-            "valid_strided_without_bias",
-            (2, 3, 2),
-            filters=2,
-            kernel_size=(2, 2, 2),
-            strides=(1, 2, 1),
-            use_bias=False,
-        ),
-        _layer_test(
-            "same_dilated_channels_first",
-            (2, 3, 2),
-            filters=2,
-            kernel_size=(2, 2, 2),
-            dilation_rate=(2, 1, 1),
-            padding="same",
-            data_format="channels_first",
-        ),
-        _layer_test(
-            "output_padding_strided_regularized",
-            (2, 3, 2),
-            output_padding=(1, 0, 1),
-            filters=2,
-            kernel_size=(2, 3, 2),
-            strides=(2, 1, 2),
-            padding="same",
-            **REGULARIZED,
-        ),
-    ],
-}
-
-
-class KerasLayerContractTest(TestCase):
-    """Keras' own layer checks over a grid of configurations per rank: shapes,
-    weights, losses, serialization, training (not under numpy) and mixed
-    precision (not on torch's CPU: Keras leaves these out there)."""
-
-    @parameterized.named_parameters(*LAYER_TESTS[1])
-    def test_locally_connected_1d_transpose_meets_the_keras_layer_contract(
-        self, **arguments
-    ):
-        self.run_layer_test(LocallyConnected1DTranspose, **arguments)
-
-    @parameterized.named_parameters(*LAYER_TESTS[2])
-    def test_locally_connected_2d_transpose_meets_the_keras_layer_contract(
-        self, **arguments
-    ):
-        self.run_layer_test(LocallyConnected2DTranspose, **arguments)
-
-    @parameterized.named_parameters(*LAYER_TESTS[3])
-    def test_locally_connected_3d_transpose_meets_the_keras_layer_contract(
-        self, **arguments
-    ):
-        self.run_layer_test(LocallyConnected3DTranspose, **arguments)
 
 
 def test_config_round_trip_rebuilds_an_identical_layer():

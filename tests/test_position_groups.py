@@ -13,7 +13,6 @@ import math
 import keras
 import numpy as np
 import pytest
-from absl.testing import parameterized
 
 from keras_localconn import _local_conv, from_conv, ops, to_conv, untie
 from keras_localconn._schedule import Formulation
@@ -33,12 +32,10 @@ from tests.helpers import (
     formulation_id,
     forward_case_id,
     int8_encoded,
-    layer_test_parameters,
     padding_case_id,
     random_array,
     trained_looking_conv,
 )
-from tests.keras_testing import TestCase
 from tests.reference import reference_local_conv, reference_output_shape
 
 RTOL = ATOL = 2e-5
@@ -480,43 +477,6 @@ def test_a_grouped_model_saves_and_loads_with_its_predictions(tmp_path, form):
     layer = loaded.get_layer("grouped")
     assert layer.kernel.shape == model.get_layer("grouped").kernel.shape
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, **TOL)
-
-
-def _grouped_layer_test(name, spatial, **init_kwargs):
-    rank = len(spatial)
-    output_spatial = reference_output_shape(
-        spatial,
-        init_kwargs["kernel_size"],
-        (1,) * rank,
-        (1,) * rank,
-        init_kwargs.get("padding", "valid"),
-    )
-    return layer_test_parameters(name, spatial, output_spatial, **init_kwargs)
-
-
-class GroupedLayerContractTest(TestCase, parameterized.TestCase):
-    """Keras' `run_layer_test` (serialization, training, mixed precision)."""
-
-    @parameterized.named_parameters(
-        _grouped_layer_test(
-            "blocks_1d", (9,), filters=3, kernel_size=(3,), position_groups=3
-        ),
-        _grouped_layer_test(
-            "map_2d_channels_first",
-            (5, 4),
-            filters=3,
-            kernel_size=(2, 2),
-            padding="same",
-            data_format="channels_first",
-            position_groups=[[0, 1, 1, 0]] * 5,
-        ),
-        _grouped_layer_test(
-            "blocks_3d", (4, 4, 3), filters=2, kernel_size=(2, 2, 2), position_groups=2
-        ),
-    )
-    def test_a_grouped_layer_meets_the_keras_layer_contract(self, **arguments):
-        rank = len(arguments["input_shape"]) - 2
-        self.run_layer_test(LOCALLY_CONNECTED[rank], **arguments)
 
 
 # --------------------------------------------------------------------------

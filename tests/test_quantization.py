@@ -176,9 +176,9 @@ TRANSPOSE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY, INT4_BLOCK])
-@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda case: f"{case[0]}d")
-def test_a_quantized_transposed_layer_computes_with_its_dequantized_kernel(case, mode):
+def _transposed_layer(case):
+    """A float transposed layer with random weights, its inputs and the
+    reference's arguments."""
     rank, spatial, kernel_size, strides, padding, data_format = case
     layer = LOCALLY_CONNECTED_TRANSPOSE[rank](
         5, kernel_size, strides=strides, padding=padding, data_format=data_format
@@ -188,6 +188,22 @@ def test_a_quantized_transposed_layer_computes_with_its_dequantized_kernel(case,
     layer.set_weights(
         [random_array(w.shape, 1 + i) for i, w in enumerate(layer.weights)]
     )
+    # (kernel_size, strides, dilation, padding, output_padding, data_format)
+    reference_arguments = (
+        kernel_size,
+        strides,
+        (1,) * rank,
+        padding,
+        None,
+        data_format,
+    )
+    return layer, x, reference_arguments
+
+
+@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY, INT4_BLOCK])
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda case: f"{case[0]}d")
+def test_a_quantized_transposed_layer_computes_with_its_dequantized_kernel(case, mode):
+    layer, x, reference_arguments = _transposed_layer(case)
     float_outputs = to_numpy(layer(x))
     positions, rows, channels = layer.kernel.shape
     layer.quantize(**_config(mode))
@@ -196,27 +212,27 @@ def test_a_quantized_transposed_layer_computes_with_its_dequantized_kernel(case,
         assert tuple(layer.kernel_scale.shape) == (positions, rows, 1)
     else:
         assert tuple(layer.kernel_scale.shape) == (positions, rows)
-    dequantized = dequantized_kernel(layer, transposed=True)
     inputs = quantized_inputs(x) if mode == "int8" else x
-    ones = (1,) * rank
     expected = reference_local_conv_transpose(
         inputs,
-        dequantized,
-        kernel_size,
-        strides,
-        ones,
-        padding,
-        None,
-        data_format,
+        dequantized_kernel(layer, transposed=True),
+        *reference_arguments,
         bias=to_numpy(layer.bias.value),
     )
     outputs = to_numpy(layer(x))
     np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
     bound = {"int8": 0.03, WEIGHT_ONLY: 0.02, INT4_BLOCK: 0.25}[mode]
     assert _relative_error(outputs, float_outputs) < bound
-    if keras.backend.backend() == "numpy":  # no gradients
-        return
-    cotangent = random_array(outputs.shape, 7)
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("mode", ["int8", WEIGHT_ONLY, INT4_BLOCK])
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda case: f"{case[0]}d")
+def test_the_gradient_reaches_a_quantized_transposed_layers_inputs(case, mode):
+    """That of the float layer whose kernel is the dequantized one."""
+    layer, x, reference_arguments = _transposed_layer(case)
+    layer.quantize(**_config(mode))
+    cotangent = random_array(tuple(layer(x).shape), 7)
 
     def loss(inputs):
         return keras.ops.sum(layer(inputs) * keras.ops.convert_to_tensor(cotangent))
@@ -224,7 +240,7 @@ def test_a_quantized_transposed_layer_computes_with_its_dequantized_kernel(case,
     (grad_inputs,) = gradients(loss, x)
     v = np.random.default_rng(8).normal(size=x.shape)
     directional = reference_local_conv_transpose(
-        v, dequantized, kernel_size, strides, ones, padding, None, data_format
+        v, dequantized_kernel(layer, transposed=True), *reference_arguments
     )
     np.testing.assert_allclose(
         np.sum(grad_inputs * v), np.sum(cotangent * directional), rtol=1e-4, atol=1e-3
