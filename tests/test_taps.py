@@ -103,7 +103,9 @@ def _assert_reference_gradients(case, data_format, x, kernel, ref, run, referenc
     cotangent = rng.normal(size=reference(x, kernel, **ref).shape).astype("float32")
 
     def loss(inputs, weights):
-        return keras.ops.sum(run(inputs, weights) * cotangent)
+        return keras.ops.sum(
+            run(inputs, weights) * keras.ops.convert_to_tensor(cotangent)
+        )
 
     grads = gradients(loss, x, kernel)
     assert_gradients_equal_directional_derivatives(
@@ -121,26 +123,42 @@ def test_taps_equal_the_numpy_reference(case, data_format):
     np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("elementwise", [True, False], ids=["elementwise", "einsum"])
-@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", CASES[2::4], ids=case_id)
-def test_both_products_of_a_tap_equal_the_numpy_reference(
-    case, data_format, elementwise
-):
+def _data_format(case):
+    """The data formats take turns over the cases where one format is run."""
+    return ("channels_last", "channels_first")[CASES.index(case) % 2]
+
+
+def _other_product(case):
+    """The product of a tap that `_taps.elementwise_pays` does not choose."""
+    spatial, channels, filters, *_ = case
+    return not _taps.elementwise_pays(channels, filters)
+
+
+# Cases of either default product, each run with the other one too.
+OTHER_PRODUCT_CASES = CASES[2::4]
+
+
+@pytest.mark.parametrize("case", OTHER_PRODUCT_CASES, ids=case_id)
+def test_the_other_product_of_a_tap_equals_the_numpy_reference(case):
+    data_format = _data_format(case)
     x, kernel, ref = _problem(case, data_format)
-    y = _run(x, kernel, case, data_format, elementwise=elementwise)
+    y = _run(x, kernel, case, data_format, elementwise=_other_product(case))
     expected = reference_local_conv(x, kernel, **ref)
     np.testing.assert_allclose(to_numpy(y), expected, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.training
-@pytest.mark.parametrize("elementwise", [True, False], ids=["elementwise", "einsum"])
-@pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_taps_have_the_reference_gradients(case, elementwise):
-    """Input and kernel gradients, each product, the data formats taking
-    turns over the cases."""
-    data_format = ("channels_last", "channels_first")[CASES.index(case) % 2]
+@pytest.mark.parametrize(
+    ("case", "other_product"),
+    [(case, False) for case in CASES] + [(case, True) for case in OTHER_PRODUCT_CASES],
+    ids=[case_id(case) for case in CASES]
+    + [f"{case_id(case)}-other-product" for case in OTHER_PRODUCT_CASES],
+)
+def test_taps_have_the_reference_gradients(case, other_product):
+    """Input and kernel gradients."""
+    data_format = _data_format(case)
     x, kernel, ref = _problem(case, data_format)
+    elementwise = _other_product(case) if other_product else None
 
     def run(inputs, weights):
         return _run(inputs, weights, case, data_format, elementwise=elementwise)
@@ -221,7 +239,9 @@ def test_an_encoded_kernel_passes_the_gradient_to_the_inputs():
 
     def loss(inputs):
         outputs = _run(inputs, encoded, case, "channels_last")
-        return keras.ops.sum(outputs * cotangent.astype("float32"))
+        return keras.ops.sum(
+            outputs * keras.ops.convert_to_tensor(cotangent.astype("float32"))
+        )
 
     (grad_inputs,) = gradients(loss, x)
     v = np.random.default_rng(6).normal(size=x.shape)
