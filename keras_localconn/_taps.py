@@ -198,20 +198,48 @@ def _kernel_gradient(d_weights, groups, grouping, geo, layout):
 
 
 def _product(a, a_letters, b, b_letters, layout, result_letters, elementwise):
-    """The einsum ``a_letters,b_letters->result_letters``; elementwise: `a`
-    and `b` broadcast to `layout.union`, multiplied, the other letters
-    summed (a size-1 axis squeezed instead)."""
+    """The einsum ``a_letters,b_letters->result_letters``.
+
+    Elementwise: `a` and `b` broadcast to `layout.union`, multiplied, the
+    letters not in the result summed. Axes of size 1 (one channel, one
+    filter) are dropped first and restored last: the elementwise kernels
+    then see fewer, longer axes (torch's run ~2x faster).
+    """
     if not elementwise:
         return ops.einsum(f"{a_letters},{b_letters}->{result_letters}", a, b)
-    product = _broadcast(a, a_letters, layout.union) * _broadcast(
-        b, b_letters, layout.union
-    )
-    summed = [
-        i for i, letter in enumerate(layout.union) if letter not in result_letters
-    ]
-    if all(product.shape[i] == 1 for i in summed):
-        return ops.squeeze(product, axis=summed)
-    return ops.sum(product, axis=summed)
+    single = {
+        letter
+        for values, letters in ((a, a_letters), (b, b_letters))
+        for letter, size in zip(letters, values.shape)
+        if letter != "b" and size == 1
+    }
+    a, a_letters = _without(a, a_letters, single)
+    b, b_letters = _without(b, b_letters, single)
+    union = "".join(letter for letter in layout.union if letter not in single)
+    product = _broadcast(a, a_letters, union) * _broadcast(b, b_letters, union)
+    summed = [i for i, letter in enumerate(union) if letter not in result_letters]
+    if summed == [0]:
+        # The batch, as a matrix-vector product: XLA's CPU reduction down a
+        # leading axis runs ~10x slower (the other backends: the same).
+        batch = ops.shape(product)[0]
+        rows = ops.reshape(product, (batch, -1))
+        total = ops.matmul(ops.ones((1, batch), product.dtype), rows)
+        product = ops.reshape(total, product.shape[1:])
+    elif summed:
+        product = ops.sum(product, axis=summed)
+    for axis, letter in enumerate(result_letters):
+        if letter in single:
+            product = ops.expand_dims(product, axis)
+    return product
+
+
+def _without(values, letters, dropped):
+    """`values` without the axes of `dropped` letters (each of size 1)."""
+    axes = [axis for axis, letter in enumerate(letters) if letter in dropped]
+    if not axes:
+        return values, letters
+    kept = "".join(letter for letter in letters if letter not in dropped)
+    return ops.squeeze(values, axis=axes), kept
 
 
 def _broadcast(values, letters, union):
