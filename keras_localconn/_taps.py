@@ -225,12 +225,25 @@ def _product(a, a_letters, b, b_letters, layout, result_letters, elementwise):
         rows = ops.reshape(product, (batch, -1))
         total = ops.matmul(ops.ones((1, batch), product.dtype), rows)
         product = ops.reshape(total, product.shape[1:])
-    elif summed:
-        product = ops.sum(product, axis=summed)
+    elif summed:  # one channels or filters axis, of a few values
+        (axis,) = summed
+        product = _unrolled_sum(product, axis)
     for axis, letter in enumerate(result_letters):
         if letter in single:
             product = ops.expand_dims(product, axis)
     return product
+
+
+def _unrolled_sum(values, axis):
+    """The sum along `axis` (a static size) as one add per value: XLA's CPU
+    reduction of a short axis, fused with the product before it, runs ~40x
+    slower than these adds, which the other backends run as fast as a sum."""
+    index = [slice(None)] * len(values.shape)
+    total = None
+    for position in range(values.shape[axis]):
+        index[axis] = position
+        total = values[tuple(index)] if total is None else total + values[tuple(index)]
+    return total
 
 
 def _without(values, letters, dropped):
