@@ -35,9 +35,10 @@ from keras import ops
 
 from keras_localconn import _local_conv
 
-# Largest ``channels * filters`` for which `elementwise_pays`: each tap then
-# holds at most this many products per (batch, position) before the sum over
-# channels, as cheap as the output it adds into.
+# Largest ``channels * filters`` for which `elementwise_pays`; provisional,
+# until the schedule's rule chooses. Elementwise, a tap writes ``channels *
+# filters`` products per (batch, position) before summing them; an einsum
+# writes only its result, but runs one tiny matmul per position.
 ELEMENTWISE_MAX = 16
 
 
