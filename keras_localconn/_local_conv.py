@@ -36,7 +36,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_localconn import _arguments, _groups, _schedule, _shapes
+from keras_localconn import _arguments, _groups, _schedule, _shapes, _taps
 
 # The backends that take gradients: the numpy backend has none.
 _DIFFERENTIABLE = ("jax", "tensorflow", "torch")
@@ -146,6 +146,9 @@ def local_conv(
     plan = _plan(inputs, kernel, geo, channels_last, grouping)
     if plan.as_conv:
         return _one_group(inputs, kernel, bias, plan)
+    if plan.formulation.taps:
+        outputs = _taps.local_conv_taps(inputs, kernel, geo, channels_last, grouping)
+        return _with_bias(outputs, bias, plan)
     if grouping is not None:
         if bias is not None:  # (T, F) -> one row per position
             bias = ops.take(bias, grouping.groups.astype("int32"), axis=0)
@@ -646,6 +649,18 @@ def _by_unit(values, per_unit):
         return values
     shape = ops.shape(values)
     return ops.reshape(values, (-1, per_unit * shape[1], shape[2]))
+
+
+def _with_bias(outputs, bias, plan):
+    """``(B, *out, F)`` or ``(B, F, *out)`` outputs plus the bias ``(T, F)``."""
+    if bias is None:
+        return outputs
+    if plan.grouping is not None:
+        bias = ops.take(bias, plan.grouping.groups.astype("int32"), axis=0)
+    bias = ops.reshape(bias, (*plan.geo.output_shape, -1))
+    if not plan.channels_last:
+        bias = ops.moveaxis(bias, -1, 0)
+    return outputs + ops.cast(bias, outputs.dtype)
 
 
 def _output(outputs, bias, plan):

@@ -78,6 +78,8 @@ class Formulation(NamedTuple):
             pinned choice only) for what this Keras has, `HAS_SCATTER_ADD`.
         conv: one position group (a shared kernel) computes as
             `keras.ops.conv`, else as any other grouping.
+        taps: the call computes tap by tap, without patches (`_taps`),
+            else from patches; the choices above are the patches'.
     """
 
     chunk: int | None = None
@@ -86,6 +88,7 @@ class Formulation(NamedTuple):
     group: int | None = None
     scatter_add: bool | None = None
     conv: bool = True
+    taps: bool = False
 
 
 class _BackendPolicy(NamedTuple):
@@ -104,6 +107,29 @@ _POLICIES = {
     "torch": _BackendPolicy(False, False, False),
 }
 _DEFAULT_POLICY = _BackendPolicy(True, True, True)
+
+# The per-tap formulation (`_taps`) computes a call with one input channel,
+# at most `filters` filters and at most `taps` kernel taps. A tap reads one
+# strided slice of the input and adds its products into the outputs: no
+# patches, which are K times the input, far larger than a small kernel, and
+# gathered at a fraction of the memory's rate. What pays depends on whether
+# the backend runs a tap as one pass over memory and how many passes a tap
+# takes. With one channel each tap's product is one multiply-add per output
+# value; with more, a sum over channels adds passes, and the patches' matmul
+# wins. XLA fuses the taps' forward pass into one, but not their kernel
+# gradient (a batch sum per tap), so training bounds it: up to 4 filters and
+# 16 taps. TensorFlow and torch run every op of every tap as its own pass:
+# TensorFlow's gather is fast enough that only one filter and up to 16 taps
+# pay; torch's is slow enough that 2 filters and 32 taps still do. Properties
+# of the backends and of the shape, not of one machine: the crossover
+# (`python -m benchmarks.taps`, docs/performance.md) was measured at batch 2
+# and 32, 2 to 32 taps and 1 to 8 filters, on CPUs and on a GPU.
+_TAPS_LIMITS = {  # backend: (filters, taps) at most
+    "jax": (4, 16),
+    "tensorflow": (1, 16),
+    "torch": (2, 32),
+    "numpy": (1, 16),
+}
 
 _pinned = threading.local()
 
@@ -233,6 +259,13 @@ def _known(batch):
     return ASSUMED_BATCH
 
 
+def per_tap(geo, filters, backend):
+    """Whether the per-tap formulation computes a call of `geo` with
+    `filters` filters under `backend` (see `_TAPS_LIMITS`)."""
+    max_filters, max_taps = _TAPS_LIMITS.get(backend, (1, 16))
+    return geo.channels == 1 and filters <= max_filters and geo.taps <= max_taps
+
+
 def formulation(geo, batch, dtype, filters, *, decoded=False, units=None, per_unit=1):
     """The `Formulation` of one call, under Keras' backend.
 
@@ -243,7 +276,8 @@ def formulation(geo, batch, dtype, filters, *, decoded=False, units=None, per_un
     backward groups follow the chunk, pinned or not.
     """
     choices = _pinned_choices()
-    policy = _POLICIES.get(keras.backend.backend(), _DEFAULT_POLICY)
+    backend = keras.backend.backend()
+    policy = _POLICIES.get(backend, _DEFAULT_POLICY)
     itemsize = np.dtype(keras.backend.standardize_dtype(dtype)).itemsize
     cache_bytes = None if _machine.on_accelerator() else _machine.cache_bytes()
     units = geo.num_positions if units is None else units
@@ -274,5 +308,6 @@ def formulation(geo, batch, dtype, filters, *, decoded=False, units=None, per_un
         ),
         scatter_add=HAS_SCATTER_ADD,
         conv=True,
+        taps=per_tap(geo, filters, backend),
     )
     return rule._replace(**choices)

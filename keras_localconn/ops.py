@@ -441,7 +441,10 @@ def formulation(**choices: Any) -> Iterator[None]:
             adds its contributions with one scatter-add, else gathers and
             sums them; None for what this Keras has),
             ``conv`` (one position group computes as `keras.ops.conv`, else
-            as a grouped matmul). With position groups, ``chunk`` counts
+            as a grouped matmul),
+            ``taps`` (compute tap by tap, without patches: one strided slice
+            of the input per kernel offset; the default where channels *
+            filters are few). With position groups, ``chunk`` counts
             *units*: groups, or equal parts of the larger groups.
 
     Raises:

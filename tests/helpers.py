@@ -344,7 +344,9 @@ def jax_local_conv(x, kernel, out_shape, kernel_size, strides, dilation, padding
 
 def formulation_id(formulation):
     """A `_schedule.Formulation` as a test id."""
-    chunk, batch_first, by_map, group, scatter_add, conv = formulation
+    chunk, batch_first, by_map, group, scatter_add, conv, taps = formulation
+    if taps:
+        return "taps"
     return (
         f"{'all' if chunk is None else f'chunk{chunk}'}"
         f"-{'bc' if batch_first else 'cb'}"

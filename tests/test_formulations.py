@@ -33,8 +33,9 @@ RTOL = ATOL = 2e-5
 
 # Chunks of 3 leave a last chunk that overlaps the one before whenever P is
 # not a multiple of 3. Together these cover every layout, both loops, the
-# backward pass's groups of chunks (one, two, all) and both ways it adds
-# input-gradient contributions (scatter-add, segment sum).
+# backward pass's groups of chunks (one, two, all), both ways it adds
+# input-gradient contributions (scatter-add, segment sum), and the per-tap
+# formulation, which has no patches.
 FORMULATIONS = [
     Formulation(None, False, True),
     Formulation(None, True, True),
@@ -43,6 +44,7 @@ FORMULATIONS = [
     Formulation(1, True, False, 1, False),
     Formulation(3, False, False, 1),
     Formulation(3, True, False, None, False),
+    Formulation(taps=True),
 ]
 
 

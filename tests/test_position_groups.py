@@ -183,8 +183,9 @@ def test_every_form_equals_the_reference_with_its_groups_kernels(case, form):
 
 
 # Every layout, both loops, chunks that overlap (3 units), the backward
-# pass's groups of chunks, both ways of adding input gradients, and one
-# group computed as a grouped matmul instead of `keras.ops.conv`.
+# pass's groups of chunks, both ways of adding input gradients, one
+# group computed as a grouped matmul instead of `keras.ops.conv`, and the
+# per-tap formulation.
 FORMULATIONS = [
     Formulation(None, False, True),
     Formulation(None, True, True, conv=False),
@@ -192,6 +193,7 @@ FORMULATIONS = [
     Formulation(3, True, True, 2),
     Formulation(1, True, False, 1, False),
     Formulation(3, False, False, 1, conv=False),
+    Formulation(conv=False, taps=True),
 ]
 GRADIENT_CASES = [FORWARD_CASES[1], FORWARD_CASES[21], FORWARD_CASES[31]]
 
