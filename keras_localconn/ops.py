@@ -130,9 +130,10 @@ class LocalConv(keras.Operation):
     """`local_conv` as one node of a symbolic graph.
 
     The arguments are `local_conv`'s, from `kernel_size` on; each is an
-    attribute of the same name, and `get_config` returns them (Keras'
-    automatic config of an `Operation`), as the operation behind
-    `keras.ops.conv` does.
+    attribute of the same name, and `get_config` returns them all with the
+    `name`, as the operation behind `keras.ops.conv` does (stated here rather
+    than left to Keras' automatic config, which before Keras 3.14 holds only
+    the arguments passed).
     """
 
     def __init__(
@@ -163,6 +164,17 @@ class LocalConv(keras.Operation):
             self.data_format,
         )
 
+    def get_config(self):
+        return {
+            "name": self.name,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "dilation_rate": self.dilation_rate,
+            "data_format": self.data_format,
+            "position_groups": self.position_groups,
+        }
+
     def call(self, inputs, kernel):
         return _local_conv.local_conv(
             inputs, kernel, *self._arguments(), position_groups=self.position_groups
@@ -186,8 +198,8 @@ class LocalConvTranspose(keras.Operation):
     """`local_conv_transpose` as one node of a symbolic graph.
 
     The arguments are `local_conv_transpose`'s, from `kernel_size` on; each
-    is an attribute of the same name, and `get_config` returns them, as
-    the operation behind `keras.ops.conv_transpose` does.
+    is an attribute of the same name, and `get_config` returns them all with
+    the `name`, as the operation behind `keras.ops.conv_transpose` does.
     """
 
     def __init__(
@@ -218,6 +230,17 @@ class LocalConvTranspose(keras.Operation):
             self.dilation_rate,
             self.data_format,
         )
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "output_padding": self.output_padding,
+            "dilation_rate": self.dilation_rate,
+            "data_format": self.data_format,
+        }
 
     def call(self, inputs, kernel):
         return _transpose.local_conv_transpose(inputs, kernel, *self._arguments())
