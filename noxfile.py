@@ -10,8 +10,8 @@
     nox -s bench            # benchmarks, one process per backend
     nox -s fixtures         # regenerate the Keras 2 model files (needs tf-keras)
     nox -s keras3_fixtures  # rewrite the .keras files saved under each backend
-    nox -s export           # ONNX, LiteRT, OpenVINO exports, the DeepFace port, SavedModels
-    nox -s gpu_wheels       # the wheels integration/gpu_check.py carries to a GPU machine
+    nox -s export           # ONNX, LiteRT, OpenVINO, DeepFace port, SavedModels
+    nox -s gpu_wheels       # wheels integration/gpu_check.py carries to a GPU
 
 Choosing a backend: the test sessions are named after theirs
 (``tests-<backend>``). ``demo``, ``bench``, ``export`` and ``keras3_fixtures`` take

@@ -361,8 +361,24 @@ def _rearrange(values, source, target, plan, units):
     order = [names.index(n) for group in target for n in group if n in names]
     if order == sorted(order):
         return ops.reshape(values, shape)
-    values = ops.reshape(values, [sizes.get(name, -1) for name in names])
-    return ops.reshape(ops.transpose(values, order), shape)
+    # Axes next to each other in both orders move as one: the transpose has
+    # as few axes as the move needs (the backends' fast paths are for few).
+    runs = []
+    for index in order:
+        if runs and runs[-1][-1] + 1 == index:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    in_source = sorted(runs)
+    merged = [
+        -1
+        if any(names[i] not in sizes for i in run)
+        else math.prod(sizes[names[i]] for i in run)
+        for run in in_source
+    ]
+    values = ops.reshape(values, merged)
+    values = ops.transpose(values, [in_source.index(run) for run in runs])
+    return ops.reshape(values, shape)
 
 
 @functools.lru_cache(maxsize=32)
