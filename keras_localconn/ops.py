@@ -122,6 +122,11 @@ def local_conv_kernel_shape(
 # --------------------------------------------------------------------------
 
 
+def _config(operation, names):
+    """`operation`'s name and its arguments `names`, each an attribute."""
+    return {"name": operation.name, **{n: getattr(operation, n) for n in names}}
+
+
 def _result_dtype(inputs, kernel):
     return keras.backend.result_type(inputs.dtype, kernel.dtype)
 
@@ -155,25 +160,13 @@ class LocalConv(keras.Operation):
         self.data_format = data_format
         self.position_groups = position_groups
 
+    _WINDOW = ("kernel_size", "strides", "padding", "dilation_rate", "data_format")
+
     def _arguments(self):
-        return (
-            self.kernel_size,
-            self.strides,
-            self.padding,
-            self.dilation_rate,
-            self.data_format,
-        )
+        return tuple(getattr(self, name) for name in self._WINDOW)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "padding": self.padding,
-            "dilation_rate": self.dilation_rate,
-            "data_format": self.data_format,
-            "position_groups": self.position_groups,
-        }
+        return _config(self, (*self._WINDOW, "position_groups"))
 
     def call(self, inputs, kernel):
         return _local_conv.local_conv(
@@ -221,26 +214,20 @@ class LocalConvTranspose(keras.Operation):
         self.dilation_rate = dilation_rate
         self.data_format = data_format
 
+    _WINDOW = (
+        "kernel_size",
+        "strides",
+        "padding",
+        "output_padding",
+        "dilation_rate",
+        "data_format",
+    )
+
     def _arguments(self):
-        return (
-            self.kernel_size,
-            self.strides,
-            self.padding,
-            self.output_padding,
-            self.dilation_rate,
-            self.data_format,
-        )
+        return tuple(getattr(self, name) for name in self._WINDOW)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "kernel_size": self.kernel_size,
-            "strides": self.strides,
-            "padding": self.padding,
-            "output_padding": self.output_padding,
-            "dilation_rate": self.dilation_rate,
-            "data_format": self.data_format,
-        }
+        return _config(self, self._WINDOW)
 
     def call(self, inputs, kernel):
         return _transpose.local_conv_transpose(inputs, kernel, *self._arguments())

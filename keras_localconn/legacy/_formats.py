@@ -148,14 +148,7 @@ def _read_archive(path):
 
 
 def _read_savedmodel(path):
-    if not any(
-        os.path.isfile(os.path.join(path, name))
-        for name in ("saved_model.pb", "saved_model.pbtxt")
-    ):
-        raise ValueError(
-            "a directory, but not a TensorFlow SavedModel (no saved_model.pb)."
-        )
-    from keras_localconn.legacy import _savedmodel  # needs TensorFlow
+    from keras_localconn.legacy import _savedmodel  # TensorFlow, on first use
 
     model_config, training_config, stored = _savedmodel.read_savedmodel(path)
     return Keras2File(SAVEDMODEL, model_config, training_config, stored, None)
