@@ -146,12 +146,12 @@ def local_conv(
     plan = _plan(inputs, kernel, geo, channels_last, grouping)
     if plan.as_conv:
         return _one_group(inputs, kernel, bias, plan)
+    if grouping is not None and bias is not None:  # (T, F) -> a row per position
+        bias = ops.take(bias, grouping.groups.astype("int32"), axis=0)
     if plan.formulation.taps:
         outputs = _taps.local_conv_taps(inputs, kernel, geo, channels_last, grouping)
         return _with_bias(outputs, bias, plan)
     if grouping is not None:
-        if bias is not None:  # (T, F) -> one row per position
-            bias = ops.take(bias, grouping.groups.astype("int32"), axis=0)
         if plan.groups.kernels is not None:  # at most 2 T kernels, never P
             kernel = _take_kernel(kernel, plan.groups.kernels)
     x_rows = _input_rows(inputs, plan)
@@ -668,11 +668,9 @@ def _by_unit(values, per_unit):
 
 
 def _with_bias(outputs, bias, plan):
-    """``(B, *out, F)`` or ``(B, F, *out)`` outputs plus the bias ``(T, F)``."""
+    """``(B, *out, F)`` or ``(B, F, *out)`` outputs plus the bias ``(P, F)``."""
     if bias is None:
         return outputs
-    if plan.grouping is not None:
-        bias = ops.take(bias, plan.grouping.groups.astype("int32"), axis=0)
     bias = ops.reshape(bias, (*plan.geo.output_shape, -1))
     if not plan.channels_last:
         bias = ops.moveaxis(bias, -1, 0)
